@@ -1,0 +1,134 @@
+"""Command line: parses arguments, calls the runner, maps errors to exit codes.
+
+Exit codes: 0 success; 1 unexpected failure; 2 bad input or config; 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import DEFAULT_MODEL_NAME, load_config, with_overrides
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("pipeline")
+
+UI_HINT = "open the MLflow UI with: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
+
+
+def _common(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags override it)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, metavar="NAME", help=f"registered model name (default: {DEFAULT_MODEL_NAME})")
+    parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-pipeline",
+        description="Anomaly detection on industrial sensor data: a Keras autoencoder learns normal behaviour, "
+        "a calibrated threshold flags what departs from it, every run is logged to MLflow.",
+        epilog="exit codes: 0 success, 1 unexpected failure, 2 bad input or config, 3 another run holds the lock",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train on normal data, calibrate the threshold, register the model")
+    train.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
+    train.add_argument("--timestamp-column", metavar="COL", help="default: first column that parses as datetimes")
+    train.add_argument("--normal-until", metavar="TS", help="rows strictly before this time are normal")
+    train.add_argument("--label-column", metavar="COL", help="rows whose label is 0 are normal")
+    _common(train)
+
+    score = commands.add_parser("score", help="score files with the registered model and write scores.csv and anomalies.csv")
+    score.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
+    score.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
+    _common(score, config=False)
+
+    run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
+    run.add_argument("--input", required=True, metavar="DIR", help="folder of CSV/Parquet files")
+    run.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
+    run.add_argument("--state", default="data/state", metavar="DIR", help="bookkeeping and lock (default: data/state)")
+    _common(run)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    from pipeline import runner  # heavy imports (TensorFlow, MLflow) only once arguments are good
+
+    if args.command == "score":
+        outcome = runner.score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
+        _print_score(outcome)
+        return
+    config = load_config(args.config)
+    if args.command == "train":
+        config = with_overrides(
+            config,
+            {
+                "ingest.timestamp_column": args.timestamp_column,
+                "ingest.label_column": args.label_column,
+                "training.normal_until": args.normal_until,
+            },
+        )
+        outcome = runner.train_job(args.input, config, args.model_name, args.tracking_uri)
+        print(f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})")
+    else:
+        outcome = runner.run_job(Path(args.input), Path(args.out), Path(args.state), config, args.model_name, args.tracking_uri)
+        if outcome.trained:
+            print(f"trained {args.model_name} version {outcome.trained.model_version}: threshold {outcome.trained.threshold:.6g}")
+        if outcome.scored:
+            _print_score(outcome.scored)
+        else:
+            print(f"nothing new in {args.input}")
+    print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+
+
+def _print_score(outcome) -> None:
+    print(
+        f"scored {outcome.rows_in} rows with model version {outcome.model_version}: "
+        f"{outcome.rows_flagged} flagged in {outcome.events} event(s)\n"
+        f"report: {outcome.out_dir / 'anomalies.csv'} (per-row scores: {outcome.out_dir / 'scores.csv'})"
+    )
+
+
+def _ui_uri(flag: str | None) -> str:
+    from pipeline.tracking import resolve_tracking_uri
+
+    return resolve_tracking_uri(flag)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # CPU machines: skip the failing GPU probe
+    try:
+        _dispatch(args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as exc:  # unexpected: one line, the traceback with --verbose
+        log.debug("unexpected failure", exc_info=True)
+        print(f"error: unexpected failure: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

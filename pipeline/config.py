@@ -1,0 +1,163 @@
+"""Every setting of the pipeline and its default, in one place.
+
+A YAML file passed with ``--config`` is validated against these models on load; command-line
+flags override the same settings afterwards (see ``with_overrides``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import InputError
+
+DEFAULT_MODEL_NAME = "anomaly-autoencoder"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class IngestConfig(_Section):
+    """How raw sensor files are read and repaired."""
+
+    timestamp_column: str | None = None  # default: the first column that parses as datetimes
+    sensors: list[str] | None = None  # default: every numeric column but label and excluded ones
+    label_column: str | None = None  # 0 = normal, anything else = anomalous
+    exclude_columns: list[str] = Field(default_factory=list)
+    delimiter: str | None = None  # default: sniffed from the header line among , ; tab |
+    decimal: Literal[".", ","] = "."
+    source_timezone: str = "UTC"  # zone of naive timestamps; aware ones are converted to UTC
+    max_fill_rows: int = Field(default=5, ge=0)  # NaN runs up to this long are forward-filled
+    flatline_rows: int = Field(default=60, ge=2)  # identical values this long are a quality flag
+
+
+class TrainingConfig(_Section):
+    """Which rows are normal and how they are split."""
+
+    normal_until: str | None = None  # rows strictly before this timestamp are normal
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # last part of normal rows, for calibration
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # last part of the rest, for early stopping
+
+
+class FeaturesConfig(_Section):
+    """Sliding windows over the scaled sensors."""
+
+    window_size: int = Field(default=32, ge=2)
+    stride: int = Field(default=1, ge=1)  # between training windows; scoring always uses 1 (one score per row)
+    max_gap_seconds: float | None = Field(default=None, gt=0)  # default: one window of sampling intervals
+
+
+class ModelConfig(_Section):
+    """The Keras autoencoder."""
+
+    architecture: Literal["conv", "dense"] = "conv"
+    filters: list[int] = Field(default_factory=lambda: [32, 16], min_length=1)  # conv encoder layers
+    kernel_size: int = Field(default=5, ge=1)
+    units: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)  # dense encoder layers
+    latent_dim: int = Field(default=16, ge=1)
+    epochs: int = Field(default=30, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    patience: int = Field(default=5, ge=1)  # early stopping on validation loss
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _positive_widths(self) -> ModelConfig:
+        for name in ("filters", "units"):
+            if any(width < 1 for width in getattr(self, name)):
+                raise ValueError(f"{name} must all be >= 1, got {getattr(self, name)}")
+        return self
+
+
+class ThresholdConfig(_Section):
+    """How the alarm threshold is calibrated on held-out normal errors."""
+
+    method: Literal["quantile", "mean_std"] = "quantile"
+    quantile: float = Field(default=0.995, gt=0, lt=1)
+    k: float = Field(default=4.0, gt=0)  # for mean_std: mean + k * std
+
+
+class EventsConfig(_Section):
+    """How flagged rows become events."""
+
+    min_event_rows: int = Field(default=3, ge=1)  # shorter runs above threshold are not flagged
+    merge_gap_rows: int = Field(default=0, ge=0)  # events this close are merged into one
+
+
+class ScoringConfig(_Section):
+    batch_size: int = Field(default=4096, ge=1)  # windows per prediction batch (bounds memory)
+
+
+class PipelineConfig(_Section):
+    """The whole configuration, one section per stage."""
+
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting as ``section.key`` -> value, for logging as parameters."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump().items()
+            for key, value in values.items()
+        }
+
+
+def _describe(error: ValidationError, origin: str) -> str:
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return f"{origin}: field '{field}': {first['msg']}; got {first.get('input')!r}"
+
+
+def load_config(path: str | Path | None) -> PipelineConfig:
+    """Load and validate a YAML config file; ``None`` gives the defaults.
+
+    Raises:
+        InputError: the file is missing, not YAML, or a value is not allowed.
+    """
+    if path is None:
+        return PipelineConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(_describe(exc, str(path))) from None
+
+
+def with_overrides(config: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
+    """Return a copy with ``section.key`` settings replaced; ``None`` values are ignored.
+
+    Raises:
+        InputError: an override is not allowed for its field.
+    """
+    data = config.model_dump()
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".")
+        data[section][key] = value
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(_describe(exc, "command line")) from None
+
+
+def to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

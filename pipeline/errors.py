@@ -1,0 +1,19 @@
+"""Errors the command line maps to exit codes (GUIDE section 3)."""
+
+
+class PipelineError(Exception):
+    """Base class of the errors a user can act on."""
+
+    exit_code = 1
+
+
+class InputError(PipelineError):
+    """Bad input data or configuration: exit code 2, one line naming file, column and row."""
+
+    exit_code = 2
+
+
+class LockHeldError(PipelineError):
+    """Another run holds the state lock: exit code 3."""
+
+    exit_code = 3

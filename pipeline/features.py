@@ -1,0 +1,80 @@
+"""Features: scaled sensor values and sliding windows over them.
+
+Windows are never materialised all at once. A set of windows is described by the array of
+their start rows (``window_starts``); ``gather_windows`` copies out one batch at a time.
+A window never crosses a gap in time longer than ``max_gap_seconds`` (a new segment starts
+there), so a row's window always holds ``window_size`` consecutive readings of one stretch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.preprocessing import StandardScaler
+
+
+@dataclass(frozen=True)
+class Scaler:
+    """Per-sensor standardisation learned on normal training rows.
+
+    A sensor that was constant in training keeps scale 1.0 (no division by zero) and is listed
+    in ``constant``: any later movement shows as error in its own units.
+    """
+
+    sensors: list[str]
+    mean: list[float]
+    scale: list[float]
+    constant: list[str]
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        """(n_rows, n_sensors) raw values -> float32 standardised values."""
+        return ((values - np.asarray(self.mean)) / np.asarray(self.scale)).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"sensors": self.sensors, "mean": self.mean, "scale": self.scale, "constant": self.constant}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Scaler:
+        return cls(**data)
+
+
+def fit_scaler(values: np.ndarray, sensors: list[str]) -> Scaler:
+    """Fit on (n_rows, n_sensors) normal training values only."""
+    fitted = StandardScaler().fit(values)
+    spread = np.sqrt(fitted.var_)
+    constant = [s for s, sd, m in zip(sensors, spread, fitted.mean_) if sd <= 1e-9 * max(1.0, abs(m))]
+    scale = [1.0 if s in constant else float(v) for s, v in zip(sensors, fitted.scale_)]
+    return Scaler(sensors=list(sensors), mean=[float(m) for m in fitted.mean_], scale=scale, constant=constant)
+
+
+def count_windows(n_rows: int, window_size: int, stride: int = 1) -> int:
+    """Number of full windows in a run of ``n_rows`` rows."""
+    return 0 if n_rows < window_size else (n_rows - window_size) // stride + 1
+
+
+def segment_ids(timestamps: pd.Series, max_gap_seconds: float) -> np.ndarray:
+    """Segment number per row: a new segment starts after each gap longer than ``max_gap_seconds``."""
+    steps = timestamps.diff().dt.total_seconds().to_numpy()
+    breaks = np.nan_to_num(steps, nan=0.0) > max_gap_seconds
+    return np.cumsum(breaks)
+
+
+def window_starts(segments: np.ndarray, window_size: int, stride: int = 1) -> np.ndarray:
+    """Start rows of all full windows that stay inside one segment, ``stride`` apart per segment.
+
+    Args:
+        segments: segment number per row, non-decreasing, shape (n_rows,).
+    """
+    if segments.size == 0:
+        return np.empty(0, dtype=np.int64)
+    edges = np.flatnonzero(np.diff(segments)) + 1
+    bounds = zip(np.concatenate([[0], edges]), np.concatenate([edges, [segments.size]]))
+    starts = [np.arange(lo, hi - window_size + 1, stride) for lo, hi in bounds if hi - lo >= window_size]
+    return np.concatenate(starts).astype(np.int64) if starts else np.empty(0, dtype=np.int64)
+
+
+def gather_windows(values: np.ndarray, starts: np.ndarray, window_size: int) -> np.ndarray:
+    """Copy out the windows beginning at ``starts``: shape (len(starts), window_size, n_sensors)."""
+    return values[starts[:, None] + np.arange(window_size)]

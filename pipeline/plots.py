@@ -1,0 +1,74 @@
+"""PNG plots for review in the MLflow UI (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+MAX_POINTS = 20_000  # per source; longer series are reduced to bin maxima so peaks survive
+
+
+def _peak_preserving(timestamps: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if score.size <= MAX_POINTS:
+        return timestamps, score
+    bins = np.array_split(np.arange(score.size), MAX_POINTS)
+    picks = np.array([b[np.nanargmax(score[b])] if not np.all(np.isnan(score[b])) else b[0] for b in bins])
+    return timestamps[picks], score[picks]
+
+
+def score_plot(
+    timestamps: pd.Series, sources: pd.Series, score: np.ndarray, threshold: float, events: pd.DataFrame, path: Path
+) -> Path:
+    """Score over time per source, the threshold line and flagged events shaded."""
+    names = list(dict.fromkeys(sources))
+    fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names) + 0.6), squeeze=False, sharey=True)
+    for ax, name in zip(axes[:, 0], names):
+        mask = (sources == name).to_numpy()
+        x, y = _peak_preserving(timestamps[mask].to_numpy(), score[mask])
+        ax.plot(x, y, lw=0.7, color="tab:blue", label="score")
+        ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3g}")
+        for _, event in events[events["source"] == name].iterrows():
+            ax.axvspan(pd.Timestamp(event["start"]).tz_localize(None), pd.Timestamp(event["end"]).tz_localize(None), color="tab:orange", alpha=0.3)
+        ax.set_title(name, fontsize=9, loc="left")
+        ax.set_yscale("log")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("time (UTC)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: dict[str, list[float]], path: Path) -> Path:
+    """Training and validation loss per epoch."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, series in history.items():
+        ax.plot(range(1, len(series) + 1), series, marker="o", ms=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mse")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
+    """Reconstruction errors of held-out normal windows with the calibrated threshold."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(errors, bins=60, color="tab:blue", alpha=0.8)
+    ax.axvline(threshold, color="tab:red", ls="--", label=f"threshold {threshold:.3g}")
+    ax.set_xlabel("reconstruction error (held-out normal windows)")
+    ax.set_ylabel("windows")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,416 @@
+"""The runner: wires the stages together and hands figures and files to tracking.
+
+``train_job``, ``score_job`` and ``run_job`` are what the command line calls. Stage modules
+(ingest, quality, features, train, calibrate, score, report) hold the logic and do no MLflow
+calls; this module decides what is written where and what is logged.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from pipeline import plots
+from pipeline.bundle import ModelBundle, load_bundle
+from pipeline.calibrate import calibrate_threshold
+from pipeline.config import PipelineConfig, to_yaml
+from pipeline.errors import InputError, LockHeldError
+from pipeline.features import fit_scaler, segment_ids, window_starts
+from pipeline.ingest import IngestResult, RawSource, discover_files, file_digest, read_source, validate
+from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
+from pipeline.report import assign_events, scores_table, summarise_events
+from pipeline.score import reconstruction_errors, score_table
+from pipeline.tracking import Tracker, inputs_digest
+from pipeline.train import train_autoencoder
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "processed.json"
+LOCK_FILE = "run.lock"
+
+
+# ---------------------------------------------------------------- ingest
+
+
+@dataclass
+class LoadedInput:
+    result: IngestResult
+    quality: dict[str, Any]
+    digests: dict[str, str]  # source name -> sha256 of the file
+    sources: list[str]  # in the order given
+
+
+def load_input(
+    files: list[tuple[str, Path]], config: PipelineConfig, sensors: list[str] | None = None, timestamp_column: str | None = None
+) -> LoadedInput:
+    """Read, validate and quality-check files (see ``ingest.discover_files`` for the pairs)."""
+    raw: list[RawSource] = [read_source(name, path, config.ingest) for name, path in files]
+    result = validate(raw, config.ingest, sensors=sensors, timestamp_column=timestamp_column)
+    report = quality_report(result, config.ingest.flatline_rows)
+    log.info(
+        "ingested %d rows from %d file(s): %d clean, %d repaired, %d set aside",
+        result.counts["rows_in"], len(raw), result.counts["rows_clean"], result.counts["rows_repaired"], result.counts["rows_quarantined"],
+    )  # fmt: skip
+    return LoadedInput(result, report, {s.name: s.digest for s in raw}, [s.name for s in raw])
+
+
+# ---------------------------------------------------------------- fitting
+
+
+@dataclass
+class FitReport:
+    history: dict[str, list[float]]
+    best_epoch: int
+    holdout_errors: np.ndarray
+    rows: dict[str, int]  # normal rows and windows per part
+
+
+def normal_mask(table: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
+    """Rows that training may use: before ``normal_until`` and/or labelled 0; all rows if neither is set."""
+    mask = np.ones(len(table), dtype=bool)
+    if config.training.normal_until:
+        try:
+            until = pd.Timestamp(config.training.normal_until)
+        except ValueError:
+            raise InputError(f"--normal-until: cannot parse '{config.training.normal_until}' as a timestamp") from None
+        until = until.tz_localize(config.ingest.source_timezone) if until.tzinfo is None else until
+        mask &= (table["timestamp"] < until.tz_convert("UTC")).to_numpy()
+    if config.ingest.label_column:
+        mask &= (table["label"] == 0).to_numpy()
+    return mask
+
+
+def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundle, FitReport]:
+    """Fit scaler, autoencoder and threshold on the normal rows of a validated table.
+
+    Normal rows are split in time order: the first part trains (its last ``validation_fraction``
+    drives early stopping), the last ``holdout_fraction`` calibrates the threshold.
+    """
+    table = result.table
+    window = config.features.window_size
+    normal = normal_mask(table, config)
+    n_normal = int(normal.sum())
+    # Three parts need a window each; ask for a little more so each part has some windows.
+    needed = int(np.ceil(3 * window / min(config.training.holdout_fraction, config.training.validation_fraction * (1 - config.training.holdout_fraction))))
+    if n_normal < needed:
+        raise InputError(
+            f"{', '.join(sorted(table['source'].unique()))}: {n_normal} normal rows, need at least {needed} "
+            f"for window_size={window} (fewer rows than the windows need; lower features.window_size or give more normal data)"
+        )
+    interval = sampling_interval_seconds(table["timestamp"][normal])
+    max_gap = config.features.max_gap_seconds or window * interval
+
+    # Part of each normal row in time order: 0 train, 1 early-stopping validation, 2 calibration.
+    part = np.zeros(n_normal, dtype=np.int8)
+    fit_rows = int(n_normal * (1 - config.training.holdout_fraction))
+    part[int(fit_rows * (1 - config.training.validation_fraction)) :] = 1
+    part[fit_rows:] = 2
+    # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
+    segment = segment_ids(table["timestamp"], max_gap)
+    stretch = np.cumsum(np.concatenate([[0], (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)]))[normal]
+    stretch = np.cumsum(np.concatenate([[0], (np.diff(stretch) != 0) | (np.diff(part) != 0)]))
+
+    raw = table[result.sensors].to_numpy(dtype=np.float64)[normal]
+    scaler = fit_scaler(raw[part < 2], result.sensors)
+    values = scaler.transform(raw)
+    train_starts = _part_starts(stretch, part, 0, window, config.features.stride)
+    val_starts = _part_starts(stretch, part, 1, window, config.features.stride)
+    holdout_starts = _part_starts(stretch, part, 2, window, 1)
+    for name, starts in (("training", train_starts), ("validation", val_starts), ("calibration", holdout_starts)):
+        if starts.size == 0:
+            raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
+    log.info("training on %d windows, early stopping on %d, calibrating on %d", train_starts.size, val_starts.size, holdout_starts.size)
+
+    trained = train_autoencoder(values, train_starts, val_starts, window, config.model)
+    errors, _ = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)
+    threshold = calibrate_threshold(errors, config.threshold)
+    log.info("threshold %.5g (%s %s)", threshold.value, threshold.method, threshold.params)
+    rows = {
+        "normal_rows": n_normal,
+        "train_windows": int(train_starts.size),
+        "validation_windows": int(val_starts.size),
+        "calibration_windows": int(holdout_starts.size),
+    }
+    bundle = ModelBundle(
+        model=trained.model,
+        scaler=scaler,
+        threshold=threshold,
+        config=config,
+        timestamp_column=result.timestamp_column,
+        sampling_interval_seconds=interval,
+        max_gap_seconds=float(max_gap),
+        training={**rows, "normal_until": config.training.normal_until, "label_column": config.ingest.label_column},
+    )
+    return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
+
+
+def _part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:
+    rows = np.flatnonzero(part == which)
+    if rows.size == 0:
+        return rows
+    return rows[window_starts(stretch[rows], window, stride)]
+
+
+# ---------------------------------------------------------------- scoring
+
+
+@dataclass
+class ScoreOutcome:
+    run_id: str
+    out_dir: Path
+    rows_in: int
+    rows_scored: int
+    rows_flagged: int
+    events: int
+    model_version: str
+
+
+def apply_bundle(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
+    """Score a loaded input with a bundle: (scores table, events frame, row scores, event per row)."""
+    result = loaded.result
+    rows = score_table(
+        bundle.model, bundle.scaler, result.table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=True
+    )
+    source_change = np.concatenate([[False], result.table["source"].to_numpy()[1:] != result.table["source"].to_numpy()[:-1]])
+    groups = np.cumsum(source_change | np.concatenate([[False], np.diff(rows.segment) != 0]))
+    event = assign_events(rows.score, bundle.threshold.value, groups, bundle.config.events)
+    events = summarise_events(result.table, rows, event, bundle.threshold.value, bundle.sensors, model_version, run_id)
+    scores = scores_table(result, rows, event, bundle.threshold.value, loaded.sources)
+    return scores, events, rows, event
+
+
+def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list[tuple[str, Path]], out_dir: Path, run_id: str) -> ScoreOutcome:
+    tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
+    loaded = load_input(files, bundle.config, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "model_version": version})
+    scores, events, rows, event = apply_bundle(bundle, loaded, version, run_id)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(scores, out_dir / "scores.csv")
+    write_csv_atomic(pa.Table.from_pandas(events, preserve_index=False), out_dir / "anomalies.csv")
+    write_text_atomic(json.dumps(loaded.quality, indent=2), out_dir / "quality.json")
+    write_parquet(loaded.result.table, out_dir / "validated.parquet")
+    table = loaded.result.table
+    plot = plots.score_plot(table["timestamp"], table["source"], rows.score, bundle.threshold.value, events, out_dir / "scores.png")
+
+    counts = loaded.result.counts
+    outcome = ScoreOutcome(
+        run_id=run_id,
+        out_dir=out_dir,
+        rows_in=counts["rows_in"],
+        rows_scored=int(np.isfinite(rows.score).sum()),
+        rows_flagged=int((event > 0).sum()),
+        events=len(events),
+        model_version=version,
+    )
+    tracker.log_metrics(
+        {
+            "rows_in": outcome.rows_in,
+            "rows_scored": outcome.rows_scored,
+            "rows_flagged": outcome.rows_flagged,
+            "events": outcome.events,
+            "threshold": bundle.threshold.value,
+            **quality_figures(loaded.quality),
+        }
+    )
+    tracker.log_dict(loaded.quality, "quality_report.json")
+    tracker.log_artifact(out_dir / "anomalies.csv")
+    tracker.log_artifact(plot)
+    log.info("scored %d rows: %d flagged in %d event(s); report in %s", outcome.rows_in, outcome.rows_flagged, outcome.events, out_dir)
+    return outcome
+
+
+def _load_registered(tracker: Tracker, model_name: str) -> tuple[ModelBundle, str]:
+    latest = tracker.latest_version(model_name)
+    if latest is None:
+        raise InputError(f"no registered model named '{model_name}' in {tracker.uri}: run 'anomaly-pipeline train' first")
+    version, run_id = latest
+    folder = tracker.download_bundle(run_id)
+    try:
+        return load_bundle(folder), version
+    finally:
+        shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def score_job(inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None) -> ScoreOutcome:
+    """Score files with the newest registered version of ``model_name`` and write the reports."""
+    tracker = Tracker(tracking_uri, model_name)
+    with tracker.run("score", run_name=f"score {model_name} {_describe_inputs(inputs)}", tags={"model_name": model_name}) as run_id:
+        bundle, version = _load_registered(tracker, model_name)
+        return _score_into(tracker, bundle, version, discover_files(inputs), out_dir, run_id)
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    model_version: str
+    threshold: float
+    rows: dict[str, int]
+
+
+def _train_into(tracker: Tracker, files: list[tuple[str, Path]], config: PipelineConfig, model_name: str, run_id: str) -> TrainOutcome:
+    tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
+    tracker.log_text(to_yaml(config), "config.yaml")
+    loaded = load_input(files, config)
+    tracker.set_tags({"input_digest": inputs_digest(loaded.digests)})
+    tracker.log_dict(loaded.quality, "quality_report.json")
+    tracker.log_metrics(quality_figures(loaded.quality))
+
+    bundle, fit = fit_bundle(loaded.result, config)
+    tracker.log_history(fit.history)
+    threshold = bundle.threshold
+    tracker.log_metrics(
+        {
+            "threshold": threshold.value,
+            "best_epoch": fit.best_epoch,
+            **{f"holdout_error.{k}": v for k, v in threshold.error_stats.items()},
+            **{k: float(v) for k, v in fit.rows.items()},
+        }
+    )
+    tracker.log_dict({"sensors": bundle.sensors, **threshold.to_dict()}, "threshold.json")
+    with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+        tmp_dir = Path(tmp)
+        tracker.log_artifact(plots.training_curves(fit.history, tmp_dir / "training_curves.png"), "plots")
+        tracker.log_artifact(plots.error_histogram(fit.holdout_errors, threshold.value, tmp_dir / "holdout_errors.png"), "plots")
+        tracker.log_artifact(write_parquet(loaded.result.table, tmp_dir / "validated.parquet"), "data")
+        if len(loaded.result.rejected):
+            write_csv_atomic(pa.Table.from_pandas(loaded.result.rejected, preserve_index=False), tmp_dir / "quarantine.csv")
+            tracker.log_artifact(tmp_dir / "quarantine.csv")
+        version = tracker.register_bundle(bundle.save(tmp_dir / "bundle"), model_name, run_id)
+    tracker.set_tags({"model_version": version})
+    log.info("registered %s version %s (threshold %.5g)", model_name, version, threshold.value)
+    return TrainOutcome(run_id=run_id, model_version=version, threshold=threshold.value, rows=fit.rows)
+
+
+def train_job(inputs: list[str | Path], config: PipelineConfig, model_name: str, tracking_uri: str | None) -> TrainOutcome:
+    """Train on the normal rows of the inputs, calibrate, and register a new model version."""
+    tracker = Tracker(tracking_uri, model_name)
+    with tracker.run("train", run_name=f"train {model_name} {_describe_inputs(inputs)}", tags={"model_name": model_name}) as run_id:
+        return _train_into(tracker, discover_files(inputs), config, model_name, run_id)
+
+
+# ---------------------------------------------------------------- scheduled batch
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    new_files: list[str]
+    trained: TrainOutcome | None
+    scored: ScoreOutcome | None
+
+
+def run_job(input_dir: Path, out_dir: Path, state_dir: Path, config: PipelineConfig, model_name: str, tracking_uri: str | None) -> RunOutcome:
+    """Process the files of ``input_dir`` not processed before: train first if no model exists."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(state_dir / LOCK_FILE):
+        state_path = state_dir / STATE_FILE
+        processed = json.loads(state_path.read_text()) if state_path.exists() else {}
+        tracker = Tracker(tracking_uri, model_name)
+        with tracker.run("run", run_name=f"run {model_name} {input_dir.name}", tags={"model_name": model_name}) as run_id:
+            files = discover_files([input_dir])
+            digests = {name: file_digest(path) for name, path in files}
+            new = [(name, path) for name, path in files if digests[name] not in processed]
+            tracker.log_metrics({"files_seen": len(files), "files_new": len(new)})
+            if not new:
+                log.info("nothing new in %s", input_dir)
+                return RunOutcome(run_id, [], None, None)
+            trained = None
+            if tracker.latest_version(model_name) is None:
+                with tracker.run("train", run_name=f"train {model_name} {input_dir.name}", tags={"model_name": model_name}, nested=True) as train_id:
+                    trained = _train_into(tracker, new, config, model_name, train_id)
+            with tracker.run("score", run_name=f"score {model_name} {input_dir.name}", tags={"model_name": model_name}, nested=True) as score_id:
+                bundle, version = _load_registered(tracker, model_name)
+                scored = _score_into(tracker, bundle, version, new, out_dir, score_id)
+            tracker.set_tags({"model_version": version, "input_digest": inputs_digest({n: digests[n] for n, _ in new})})
+            tracker.log_metrics({"rows_in": scored.rows_in, "rows_flagged": scored.rows_flagged, "events": scored.events})
+            now = datetime.now(timezone.utc).isoformat()
+            processed.update({digests[name]: {"source": name, "processed_at": now, "run_id": run_id} for name, _ in new})
+            write_text_atomic(json.dumps(processed, indent=2), state_path)
+            return RunOutcome(run_id, [name for name, _ in new], trained, scored)
+
+
+class _exclusive_lock:
+    """An flock on a file in the state folder; the OS releases it if the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.handle = self.path.open("a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise LockHeldError(f"{self.path}: another run holds the lock; try again later") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+# ---------------------------------------------------------------- files
+
+
+def _describe_inputs(inputs: list[str | Path]) -> str:
+    names = [Path(p).name or str(p) for p in inputs]
+    return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    return handle, Path(handle.name)
+
+
+def _replace(tmp: Path, path: Path, handle) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+    os.replace(tmp, path)
+
+
+def write_csv_atomic(table: pa.Table, path: Path) -> Path:
+    """Write a CSV through a temporary file in the same folder, then rename it into place."""
+    handle, tmp = _atomic_target(path)
+    try:
+        pa_csv.write_csv(table, handle, write_options=pa_csv.WriteOptions(quoting_style="needed"))
+        _replace(tmp, path, handle)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(text: str, path: Path) -> Path:
+    handle, tmp = _atomic_target(path)
+    try:
+        handle.write(text.encode())
+        _replace(tmp, path, handle)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_parquet(table: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path)
+    return path
+

@@ -1,0 +1,115 @@
+"""Deterministic generator of the demo data in ``data/sample/``: a pump-like machine.
+
+Eight sensors sampled every minute follow a daily load cycle with noise and thermal lag.
+The first days are normal; then four kinds of fault are injected (see ``FAULTS``).
+
+    python -m pipeline.sample_data --out data/sample
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SENSORS = [
+    "vibration_rms", "motor_current", "discharge_pressure", "suction_pressure",
+    "bearing_temperature", "motor_temperature", "flow_rate", "speed",
+]  # fmt: skip
+START = pd.Timestamp("2026-10-01 00:00:00")
+NORMAL_UNTIL = "2026-10-10 00:00:00"
+
+
+@dataclass(frozen=True)
+class Fault:
+    kind: str
+    sensor: str
+    start: str
+    hours: float
+    description: str
+
+
+FAULTS = [
+    Fault("drift", "bearing_temperature", "2026-10-10 08:00", 8, "bearing wear: temperature creeps up to +10 degC"),
+    Fault("step", "discharge_pressure", "2026-10-11 14:00", 3, "valve partly closed: pressure -0.8 bar, flow -15 %"),
+    Fault("spike_burst", "vibration_rms", "2026-10-12 20:00", 0.75, "cavitation: bursts of vibration spikes"),
+    Fault("stuck", "flow_rate", "2026-10-13 06:00", 6, "flow transmitter stuck at its last value"),
+]
+
+
+def _lag(signal: np.ndarray, minutes: float) -> np.ndarray:
+    """First-order thermal lag with time constant ``minutes`` (1-minute steps)."""
+    alpha = 1.0 / minutes
+    out = np.empty_like(signal)
+    out[0] = signal[0]
+    for i in range(1, signal.size):
+        out[i] = out[i - 1] + alpha * (signal[i] - out[i - 1])
+    return out
+
+
+def generate(days: int = 14, seed: int = 7, faults: list[Fault] = FAULTS) -> pd.DataFrame:
+    """A frame with ``timestamp`` (naive, UTC) and the eight sensors, one row a minute."""
+    rng = np.random.default_rng(seed)
+    n = days * 24 * 60
+    minutes = np.arange(n)
+    hours = minutes / 60.0
+    wander = np.cumsum(rng.normal(0, 0.002, n))
+    wander -= _lag(wander, 600)  # keep the random walk from drifting far
+    load = 0.7 + 0.22 * np.sin(2 * np.pi * (hours - 8) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
+    data = {
+        "vibration_rms": 2.0 + 1.2 * load + rng.normal(0, 0.08, n),
+        "motor_current": 28 + 42 * load + rng.normal(0, 0.5, n),
+        "discharge_pressure": 5.8 + 2.6 * load + rng.normal(0, 0.05, n),
+        "suction_pressure": 1.3 - 0.25 * load + rng.normal(0, 0.02, n),
+        "bearing_temperature": _lag(44 + 16 * load, 90) + rng.normal(0, 0.15, n),
+        "motor_temperature": _lag(52 + 24 * load, 40) + rng.normal(0, 0.25, n),
+        "flow_rate": 125 * load + rng.normal(0, 1.5, n),
+        "speed": 1420 + 110 * load + rng.normal(0, 4, n),
+    }
+    timestamps = START + pd.to_timedelta(minutes, unit="min")
+    for fault in faults:
+        span = (timestamps >= pd.Timestamp(fault.start)) & (timestamps < pd.Timestamp(fault.start) + pd.Timedelta(hours=fault.hours))
+        k = int(span.sum())
+        if fault.kind == "drift":
+            data[fault.sensor][span] += np.linspace(0, 10, k)
+        elif fault.kind == "step":
+            data[fault.sensor][span] -= 0.8
+            data["flow_rate"][span] *= 0.85
+        elif fault.kind == "spike_burst":
+            spikes = rng.random(k) < 0.3
+            data[fault.sensor][span] += spikes * rng.uniform(2, 5, k)
+        elif fault.kind == "stuck":
+            first = int(np.flatnonzero(span)[0])
+            data[fault.sensor][span] = data[fault.sensor][first - 1]
+    frame = pd.DataFrame({"timestamp": timestamps, **{s: np.round(data[s], 4) for s in SENSORS}})
+    return frame
+
+
+def write_sample(out: Path, days: int = 14, seed: int = 7) -> list[Path]:
+    """Write the series as weekly CSV files (consecutive pieces of one stream)."""
+    out.mkdir(parents=True, exist_ok=True)
+    frame = generate(days, seed)
+    paths = []
+    for _, part in frame.groupby(frame.index // (7 * 24 * 60)):
+        first_day = part["timestamp"].iloc[0].strftime("%Y-%m-%d")
+        path = out / f"pump_{first_day}.csv"
+        part.to_csv(path, index=False, date_format="%Y-%m-%d %H:%M:%S")
+        paths.append(path)
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="data/sample", help="folder to write to (default: data/sample)")
+    parser.add_argument("--days", type=int, default=14)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    for path in write_sample(Path(args.out), args.days, args.seed):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
