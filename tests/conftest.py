@@ -1,0 +1,68 @@
+"""Shared fixtures: tiny deterministic sensor data and a fast configuration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.config import PipelineConfig
+from pipeline.sample_data import Fault, generate
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+# Two days a minute apart; the first day is normal, then a step and a spike burst.
+TINY_FAULTS = [
+    Fault("step", "discharge_pressure", "2026-10-01 14:00", 3, "step"),
+    Fault("spike_burst", "vibration_rms", "2026-10-01 20:00", 1, "spikes"),
+]
+TINY_NORMAL_UNTIL = "2026-10-01 12:00:00"
+
+TINY_CONFIG_YAML = """
+features:
+  window_size: 8
+model:
+  filters: [8]
+  latent_dim: 4
+  epochs: 3
+  batch_size: 64
+  patience: 2
+"""
+
+
+def tiny_config() -> PipelineConfig:
+    return PipelineConfig.model_validate(
+        {
+            "features": {"window_size": 8},
+            "model": {"filters": [8], "latent_dim": 4, "epochs": 3, "batch_size": 64, "patience": 2},
+            "training": {"normal_until": TINY_NORMAL_UNTIL},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_frame() -> pd.DataFrame:
+    """1,440 rows x 8 sensors (one day, one a minute)."""
+    return generate(days=1, seed=3, faults=TINY_FAULTS)
+
+
+@pytest.fixture()
+def tiny_csv(tmp_path: Path, tiny_frame: pd.DataFrame) -> Path:
+    path = tmp_path / "pump.csv"
+    tiny_frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def tiny_config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_CONFIG_YAML)
+    return path
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"

@@ -1,0 +1,142 @@
+"""End to end through the real command line, a real sqlite MLflow store and real files."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import TINY_NORMAL_UNTIL
+
+SCORE_COLUMNS = ["source", "timestamp", "score", "threshold", "anomaly", "event_id"]
+EVENT_COLUMNS = ["event_id", "source", "start", "end", "n_rows", "peak_score", "mean_score", "threshold", "top_sensors", "model_version", "run_id"]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _runs(uri: str):
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments)
+
+
+def test_train_then_score_end_to_end(tmp_path, tiny_csv, tiny_config_file, tracking_uri):
+    train = cli("train", "--input", str(tiny_csv), "--normal-until", TINY_NORMAL_UNTIL, "--config", str(tiny_config_file),
+                "--model-name", "pump", "--tracking-uri", tracking_uri, cwd=tmp_path)  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    assert "version 1" in train.stdout
+
+    out = tmp_path / "out"
+    score = cli("score", "--input", str(tiny_csv), "--out", str(out), "--model-name", "pump", "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert score.returncode == 0, score.stderr
+    scores = pd.read_csv(out / "scores.csv")
+    source = pd.read_csv(tiny_csv)
+    assert len(scores) == len(source)
+    assert list(scores.columns[:6]) == SCORE_COLUMNS
+    assert [c for c in scores.columns if c.startswith("contrib_")] == [f"contrib_{c}" for c in source.columns[1:]]
+    assert (pd.to_datetime(scores["timestamp"]).dt.tz_localize(None) == pd.to_datetime(source["timestamp"])).all()
+    assert scores["score"].isna().sum() == 7  # window 8: the first 7 rows have no full window
+    assert set(scores["anomaly"]) <= {0, 1} and scores["anomaly"].sum() > 0
+    assert scores.loc[scores["anomaly"] == 1, "event_id"].notna().all() and scores.loc[scores["anomaly"] == 0, "event_id"].isna().all()
+
+    anomalies = pd.read_csv(out / "anomalies.csv")
+    assert list(anomalies.columns) == EVENT_COLUMNS and len(anomalies) >= 1
+    assert set(anomalies["model_version"]) == {1}
+    spikes = anomalies[(anomalies["start"] <= "2026-10-01T21:00") & (anomalies["end"] >= "2026-10-01T20:00")]
+    assert len(spikes) >= 1 and spikes["top_sensors"].str.startswith("vibration_rms").any()
+    assert (out / "scores.png").is_file() and (out / "validated.parquet").is_file()
+
+    client, runs = _runs(tracking_uri)
+    by_stage = {r.data.tags["stage"]: r for r in runs}
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    trained = by_stage["train"]
+    assert trained.data.params["features.window_size"] == "8"
+    assert "threshold" in trained.data.metrics and "holdout_error.p99" in trained.data.metrics
+    assert len(client.get_metric_history(trained.info.run_id, "loss")) >= 1
+    assert {"input_digest", "project_version", "model_version"} <= set(trained.data.tags)
+    artifacts = {a.path for a in client.list_artifacts(trained.info.run_id)}
+    assert {"config.yaml", "quality_report.json", "threshold.json", "model", "plots"} <= artifacts
+    scored = by_stage["score"]
+    assert scored.data.metrics["events"] == len(anomalies)
+    assert {"anomalies.csv", "scores.png", "quality_report.json"} <= {a.path for a in client.list_artifacts(scored.info.run_id)}
+    assert client.get_registered_model("pump").name == "pump"
+
+
+def test_run_trains_once_then_processes_only_new_files(tmp_path, tiny_frame, tiny_config_file, tracking_uri):
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    half = len(tiny_frame) // 2
+    tiny_frame.iloc[:half].to_csv(landing / "a.csv", index=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(tiny_config_file.read_text() + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
+    args = ("run", "--input", str(landing), "--out", str(tmp_path / "out"), "--state", str(tmp_path / "state"),
+            "--config", str(config), "--tracking-uri", tracking_uri)  # fmt: skip
+    first = cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "trained" in first.stdout and len(pd.read_csv(tmp_path / "out" / "scores.csv")) == half
+
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "nothing new" in again.stdout
+
+    tiny_frame.iloc[half:].to_csv(landing / "b.csv", index=False)
+    third = cli(*args, cwd=tmp_path)
+    assert third.returncode == 0 and "trained" not in third.stdout
+    assert len(pd.read_csv(tmp_path / "out" / "scores.csv")) == len(tiny_frame) - half
+    _, runs = _runs(tracking_uri)
+    assert sum(r.data.tags["stage"] == "train" for r in runs) == 1
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("missing", "file not found"),
+        ("empty", "file is empty"),
+        ("no_timestamp", "no timestamp column"),
+        ("no_sensor", "no numeric sensor column"),
+        ("too_short", "normal rows, need at least"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, tracking_uri, case, expected):
+    path = tmp_path / "in.csv"
+    if case == "empty":
+        path.write_text("")
+    elif case == "no_timestamp":
+        path.write_text("a,b\n1,2\n3,4\n")
+    elif case == "no_sensor":
+        path.write_text("time,site\n2026-01-01 00:00:00,north\n2026-01-01 00:01:00,south\n")
+    elif case == "too_short":
+        path.write_text("time,a\n" + "".join(f"2026-01-01 00:{m:02d}:00,{m % 3}\n" for m in range(20)))
+    result = cli("train", "--input", str(path), "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and expected in error_lines[0] and "in.csv" in error_lines[0]
+    if case != "missing":  # the failed training is a FAILED run with the message
+        _, runs = _runs(tracking_uri)
+        assert [r.info.status for r in runs] == ["FAILED"] and expected in runs[0].data.tags["error"]
+
+
+def test_bad_config_and_unknown_model_exit_2(tmp_path, tiny_csv, tracking_uri):
+    config = tmp_path / "bad.yaml"
+    config.write_text("threshold:\n  method: median\n")
+    result = cli("train", "--input", str(tiny_csv), "--config", str(config), "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert result.returncode == 2 and "threshold.method" in result.stderr and "'median'" in result.stderr
+    result = cli("score", "--input", str(tiny_csv), "--out", str(tmp_path / "o"), "--model-name", "nope", "--tracking-uri", tracking_uri, cwd=tmp_path)
+    assert result.returncode == 2 and "no registered model named 'nope'" in result.stderr
+
+
+def test_help_on_every_command(tmp_path):
+    for command in ([], ["train"], ["score"], ["run"]):
+        result = cli(*command, "--help", cwd=tmp_path)
+        assert result.returncode == 0 and "usage: anomaly-pipeline" in result.stdout

@@ -1,0 +1,51 @@
+import pytest
+
+from pipeline.config import PipelineConfig, load_config, to_yaml, with_overrides
+from pipeline.errors import InputError
+
+
+def test_defaults_without_a_file():
+    assert load_config(None) == PipelineConfig()
+
+
+def test_file_values_and_flag_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("features:\n  window_size: 16\ntraining:\n  normal_until: '2026-01-01'\n")
+    config = with_overrides(load_config(path), {"training.normal_until": "2026-02-01", "ingest.label_column": None})
+    assert config.features.window_size == 16
+    assert config.training.normal_until == "2026-02-01"  # the flag wins
+    assert config.ingest.label_column is None
+
+
+def test_bad_value_names_field_allowed_and_given(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  architecture: lstm\n")
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "model.architecture" in message and "'conv' or 'dense'" in message and "'lstm'" in message
+
+
+def test_unknown_field_and_bad_number_are_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("features:\n  windw_size: 8\n")
+    with pytest.raises(InputError, match="features.windw_size"):
+        load_config(path)
+    path.write_text("threshold:\n  quantile: 1.5\n")
+    with pytest.raises(InputError, match="threshold.quantile.*less than 1"):
+        load_config(path)
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    path = tmp_path / "bad.yaml"
+    path.write_text("features: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_yaml_round_trip(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(to_yaml(PipelineConfig()))
+    assert load_config(path) == PipelineConfig()

@@ -1,0 +1,83 @@
+import numpy as np
+import pandas as pd
+
+from pipeline.config import EventsConfig
+from pipeline.ingest import IngestResult
+from pipeline.report import assign_events, scores_table, summarise_events, top_sensors
+from pipeline.score import RowScores
+
+NAN = np.nan
+
+
+def test_events_drop_short_blips():
+    score = np.array([0, 5, 0, 5, 5, 5, 0, 0], dtype=float)
+    returned = assign_events(score, 1.0, np.zeros(8), EventsConfig(min_event_rows=2))
+    expected = np.array([0, 0, 0, 1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(returned, expected)
+
+
+def test_events_merge_when_close():
+    score = np.array([5, 5, 0, 5, 5, 0, 0, 0, 5, 5], dtype=float)
+    returned = assign_events(score, 1.0, np.zeros(10), EventsConfig(min_event_rows=2, merge_gap_rows=1))
+    expected = np.array([1, 1, 1, 1, 1, 0, 0, 0, 2, 2])
+    np.testing.assert_array_equal(returned, expected)
+
+
+def test_events_never_cross_a_group_and_skip_unscored_rows():
+    score = np.array([NAN, 5, 5, NAN, 5, 0, 5], dtype=float)  # a new group starts unscored
+    groups = np.array([0, 0, 0, 1, 1, 1, 1])
+    returned = assign_events(score, 1.0, groups, EventsConfig(min_event_rows=1, merge_gap_rows=1))
+    expected = np.array([0, 1, 1, 0, 2, 2, 2])
+    np.testing.assert_array_equal(returned, expected)
+
+
+def test_top_sensors_lists_largest_shares():
+    returned = top_sensors(np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], k=2)
+    expected = "b (60%); c (30%)"
+    assert returned == expected
+
+
+def _result():
+    table = pd.DataFrame(
+        {
+            "source": ["f.csv"] * 4,
+            "row": [0, 2, 3, 4],  # row 1 was set aside
+            "timestamp": pd.to_datetime([
+                "2026-01-01 00:00", "2026-01-01 00:02", "2026-01-01 00:03", "2026-01-01 00:04"
+            ], utc=True),
+            "a": [1.0, 2.0, 3.0, 4.0],
+            "b": [1.0, 1.0, 1.0, 1.0],
+        }
+    )
+    rejected = pd.DataFrame({"source": ["f.csv"], "row": [1], "timestamp": ["2026-01-01 00:01"], "status": ["duplicate of f.csv row 1"]})
+    return IngestResult(table=table, rejected=rejected, sensors=["a", "b"], timestamp_column="t")
+
+
+def test_scores_table_keeps_every_input_row_in_order():
+    result = _result()
+    rows = RowScores(
+        score=np.array([NAN, 0.5, 3.0, 4.0], dtype=np.float32),
+        contributions=np.array([[NAN, NAN], [0.5, 0.5], [0.75, 0.25], [1.0, 0.0]], dtype=np.float32),
+        segment=np.zeros(4, dtype=np.int64),
+    )
+    event = np.array([0, 0, 1, 1])
+    returned = scores_table(result, rows, event, 1.0, ["f.csv"]).to_pandas()
+    assert list(returned.columns) == [
+        "source", "timestamp", "score", "threshold", "anomaly", "event_id", "contrib_a", "contrib_b", "status"
+    ]  # fmt: skip
+    assert returned["timestamp"].tolist() == [
+        "2026-01-01T00:00:00Z", "2026-01-01 00:01", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z", "2026-01-01T00:04:00Z"
+    ]  # fmt: skip
+    assert returned["anomaly"].tolist() == [0, 0, 0, 1, 1]
+    assert returned["event_id"].isna().tolist() == [True, True, True, False, False]
+    assert returned["status"].tolist()[1] == "duplicate of f.csv row 1"
+    assert returned["status"].isna().sum() == 4
+    assert np.isnan(returned["score"][1]) and np.isnan(returned["score"][0])
+
+    events = summarise_events(result.table, rows, event, 1.0, ["a", "b"], "7", "run1")
+    assert len(events) == 1
+    row = events.iloc[0]
+    assert (row["start"], row["end"], row["n_rows"]) == ("2026-01-01T00:03:00Z", "2026-01-01T00:04:00Z", 2)
+    assert row["peak_score"] == 4.0 and row["mean_score"] == 3.5
+    assert row["top_sensors"].startswith("a (88%)")
+    assert (row["model_version"], row["run_id"]) == ("7", "run1")

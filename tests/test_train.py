@@ -1,0 +1,79 @@
+"""Model, training, calibration wiring and the bundle, on tiny data with real TensorFlow."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.bundle import load_bundle
+from pipeline.config import ModelConfig
+from pipeline.errors import InputError
+from pipeline.ingest import IngestResult
+from pipeline.model import build_autoencoder
+from pipeline.runner import fit_bundle, normal_mask
+from pipeline.score import score_table
+from tests.conftest import TINY_NORMAL_UNTIL, tiny_config
+
+
+def _result(frame: pd.DataFrame) -> IngestResult:
+    sensors = [c for c in frame.columns if c != "timestamp"]
+    table = frame.assign(source="pump.csv", row=np.arange(len(frame)))
+    table["timestamp"] = table["timestamp"].dt.tz_localize("UTC")
+    return IngestResult(table=table, rejected=pd.DataFrame(columns=["source", "row", "timestamp", "status"]), sensors=sensors, timestamp_column="timestamp")
+
+
+@pytest.mark.parametrize("architecture,window", [("conv", 8), ("conv", 10), ("dense", 7)])
+def test_autoencoder_output_matches_its_input_shape(architecture, window):
+    model = build_autoencoder(ModelConfig(architecture=architecture, filters=[4, 4], units=[8], latent_dim=2), window, 3)
+    returned = model.predict_on_batch(np.zeros((2, window, 3), dtype=np.float32))
+    assert returned.shape == (2, window, 3)
+
+
+def test_normal_rows_come_from_normal_until_and_labels():
+    table = pd.DataFrame(
+        {"timestamp": pd.to_datetime(["2026-01-01 00:00", "2026-01-01 00:01", "2026-01-01 00:02"], utc=True), "label": [0.0, 1.0, 0.0]}
+    )
+    config = tiny_config().model_copy(deep=True)
+    config.training.normal_until = "2026-01-01 00:02"
+    np.testing.assert_array_equal(normal_mask(table, config), [True, True, False])
+    config.ingest.label_column = "label"
+    np.testing.assert_array_equal(normal_mask(table, config), [True, False, False])
+
+
+def test_scaler_never_sees_scoring_data(tiny_frame):
+    frame = tiny_frame.copy()
+    after = frame["timestamp"] >= pd.Timestamp(TINY_NORMAL_UNTIL)
+    frame.loc[after, "motor_current"] += 1000.0  # scoring-period values far from anything normal
+    bundle, _ = fit_bundle(_result(frame), tiny_config())
+    normal = frame.loc[~after]
+    fit_rows = normal.iloc[: int(len(normal) * 0.8)]  # calibration rows are held out too
+    assert bundle.scaler.mean[bundle.sensors.index("motor_current")] == pytest.approx(fit_rows["motor_current"].mean())
+    assert bundle.scaler.mean[bundle.sensors.index("motor_current")] < 100
+
+
+def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp_path):
+    result = _result(tiny_frame)
+    config = tiny_config()
+    bundle, report = fit_bundle(result, config)
+    assert len(report.history["loss"]) >= 1 and len(report.history["val_loss"]) == len(report.history["loss"])
+    assert report.rows["calibration_windows"] == report.holdout_errors.size > 0
+    assert bundle.threshold.n_windows == report.holdout_errors.size
+    assert bundle.threshold.value < report.holdout_errors.max() * 1.0001
+
+    rows = score_table(bundle.model, bundle.scaler, result.table, bundle.window_size, bundle.max_gap_seconds, 256)
+    window = bundle.window_size
+    assert np.isnan(rows.score[: window - 1]).all() and np.isfinite(rows.score[window - 1 :]).all()
+    np.testing.assert_allclose(np.nansum(rows.contributions[window:], axis=1), 1.0, rtol=1e-4)
+    spikes = (tiny_frame["timestamp"] >= "2026-10-01 20:10") & (tiny_frame["timestamp"] < "2026-10-01 21:00")
+    assert np.median(rows.score[spikes.to_numpy()]) > bundle.threshold.value
+
+    loaded = load_bundle(bundle.save(tmp_path / "bundle"))
+    assert loaded.describe() == bundle.describe()
+    again = score_table(loaded.model, loaded.scaler, result.table, loaded.window_size, loaded.max_gap_seconds, 256)
+    np.testing.assert_allclose(again.score, rows.score, rtol=1e-5)
+
+
+def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
+    config = tiny_config().model_copy(deep=True)
+    config.training.normal_until = "2026-10-01 00:20"
+    with pytest.raises(InputError, match="normal rows, need at least"):
+        fit_bundle(_result(tiny_frame), config)
