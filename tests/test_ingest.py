@@ -488,6 +488,20 @@ def test_boolean_column_is_not_a_sensor(tmp_path):
     assert returned.ignored_columns == ["running"]
 
 
+def test_given_sensors_with_text_quarantine_the_rows(tmp_path):
+    # A trained model's sensor list is used as given, even where a file holds mostly text.
+    path = write(tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,off", "2024-01-01 00:00:01,2,4", "2024-01-01 00:00:02,3,off"))
+
+    returned = ingest([path], sensors=["a", "b"])
+
+    assert returned.sensors == ["a", "b"]
+    assert status_of(returned, 0) == "unparseable value 'off' in column 'b'"
+    assert status_of(returned, 2) == "unparseable value 'off' in column 'b'"
+    assert returned.table["b"].tolist() == [4.0]
+    assert returned.counts["unparseable_value"] == 2
+    assert_rows_add_up(returned)
+
+
 # ----------------------------------------------------------------------------- duplicates and order
 
 
@@ -731,6 +745,28 @@ def test_dst_ambiguous_local_time_is_quarantined(tmp_path):
     assert returned.counts["ambiguous_time"] == 1
     assert returned.counts["unparseable_timestamp"] == 0
     assert returned.table["timestamp"].tolist() == utc("2023-10-28 23:30:00", "2023-10-29 02:30:00")
+    assert_rows_add_up(returned)
+
+
+def test_nonexistent_local_time_is_quarantined(tmp_path):
+    # 2024-03-31 02:30 never happens in Berlin (clocks jump from 02:00 to 03:00).
+    path = write(tmp_path, "a.csv", HEADER + rows("2024-03-31 01:30:00,1,2", "2024-03-31 02:30:00,3,4", "2024-03-31 03:30:00,5,6"))
+
+    returned = ingest([path], IngestConfig(source_timezone="Europe/Berlin"))
+
+    assert status_of(returned, 1) == "ambiguous or nonexistent local time in Europe/Berlin"
+    assert returned.counts["ambiguous_time"] == 1
+    assert returned.table["timestamp"].tolist() == utc("2024-03-31 00:30:00", "2024-03-31 01:30:00")
+    assert_rows_add_up(returned)
+
+
+def test_naive_parquet_timestamps_are_read_in_source_timezone(tmp_path):
+    frame = pd.DataFrame({"time": pd.to_datetime(["2024-07-01 12:00:00", "2024-07-01 12:00:01"]), "a": [1.0, 2.0]})
+    frame.to_parquet(tmp_path / "a.parquet", index=False)
+
+    returned = ingest([tmp_path / "a.parquet"], IngestConfig(source_timezone="Europe/Berlin"))
+
+    assert returned.table["timestamp"].tolist() == utc("2024-07-01 10:00:00", "2024-07-01 10:00:01")
     assert_rows_add_up(returned)
 
 
