@@ -42,6 +42,9 @@ NULL_MARKERS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "#N/A", "
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 # A text column counts as a sensor column when at least this share of its values are numbers.
 NUMERIC_SHARE = 0.9
+# A text column counts as the timestamp column when more than this share of its values parse as
+# datetimes: one unparseable timestamp must set aside its row, not hide the whole column.
+TIMESTAMP_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -120,23 +123,48 @@ def read_source(name: str, path: Path, config: IngestConfig) -> RawSource:
     Raises:
         InputError: the file is empty, truncated, binary or otherwise unreadable.
     """
+    # A file that vanished between discovery and reading is bad input, not a raw traceback.
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: file is empty")
+    bad_rows: list[pa_csv.InvalidRow] = []
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             table = pq.read_table(path)
         else:
-            table = _read_csv(path, config)
+            table = _read_csv(path, config, bad_rows)
     except (pa.ArrowException, UnicodeDecodeError, OSError) as exc:
+        if bad_rows:  # a truncated or malformed row: name its line, not just pyarrow's text
+            raise InputError(_describe_bad_row(path, bad_rows[0])) from None
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{path}: cannot be read as {'Parquet' if path.suffix.lower() in PARQUET_SUFFIXES else 'CSV'}: {message}") from None
     if table.num_rows == 0:
         raise InputError(f"{path}: no data rows (header only)")
     frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    # A Parquet file written from a frame indexed by time keeps that index as pandas metadata;
+    # make it a column again, or the timestamp column would not be found.
+    if not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None:
+        frame = frame.reset_index()
     return RawSource(name=name, frame=frame, digest=file_digest(path))
 
 
-def _read_csv(path: Path, config: IngestConfig) -> pa.Table:
+def _describe_bad_row(path: Path, row: pa_csv.InvalidRow) -> str:
+    """One line naming the file line of a row with the wrong number of fields."""
+    line = None
+    with path.open("rb") as handle:  # pyarrow does not number rows when reading in parallel
+        for number, raw in enumerate(handle, start=1):
+            if raw.rstrip(b"\r\n").decode("utf-8", errors="replace") == row.text:
+                line = number
+                break
+    where = f"line {line}" if line is not None else "a row"
+    return (
+        f"{path}: {where}: expected {row.expected_columns} fields, got {row.actual_columns} "
+        f"(truncated or malformed row: '{row.text[:60]}')"
+    )
+
+
+def _read_csv(path: Path, config: IngestConfig, bad_rows: list[pa_csv.InvalidRow]) -> pa.Table:
     with path.open("rb") as handle:
         head = handle.read(64 * 1024)
     if b"\x00" in head:
@@ -147,7 +175,7 @@ def _read_csv(path: Path, config: IngestConfig) -> pa.Table:
     delimiter = config.delimiter or sniff_delimiter(header_line)
     return pa_csv.read_csv(
         path,
-        parse_options=pa_csv.ParseOptions(delimiter=delimiter),
+        parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: bad_rows.append(row) or "error"),
         convert_options=pa_csv.ConvertOptions(
             decimal_point=config.decimal,
             null_values=NULL_MARKERS,
@@ -177,11 +205,18 @@ def validate(
     """
     if not sources:
         raise InputError("no input files")
+    # An unknown zone is a configuration error even when every timestamp carries its own offset.
+    _check_zone(config.source_timezone)
+    for source in sources:
+        # Two columns of one name would make every later lookup return a frame, not a column.
+        repeated = source.frame.columns[source.frame.columns.duplicated()]
+        if len(repeated):
+            raise InputError(f"{source.name}: column '{repeated[0]}' appears more than once in the header")
     first = sources[0]
     ts_col = timestamp_column or config.timestamp_column or _detect_timestamp_column(first)
     sensors = list(sensors or config.sensors or _detect_sensors(first, ts_col, config))
     parts, rejected_parts, ignored = [], [], set()
-    counts = {"rows_in": 0, "unparseable_timestamp": 0, "unparseable_value": 0, "ambiguous_time": 0}
+    counts = {"rows_in": 0, "unparseable_timestamp": 0, "unparseable_value": 0, "unparseable_label": 0, "ambiguous_time": 0}
     for source in sources:
         part, rejected, extra = _normalise(source, ts_col, sensors, config, counts)
         parts.append(part)
@@ -218,6 +253,13 @@ def validate(
     )
 
 
+def _check_zone(zone: str) -> None:
+    try:
+        pd.Timestamp("2000-01-01").tz_localize(zone)
+    except Exception as exc:  # unknown zone name (zoneinfo, pytz and dateutil raise different types)
+        raise InputError(f"ingest.source_timezone: unknown time zone '{zone}' ({exc})") from None
+
+
 def _detect_timestamp_column(source: RawSource) -> str:
     for column in source.frame.columns:
         values = source.frame[column]
@@ -225,7 +267,8 @@ def _detect_timestamp_column(source: RawSource) -> str:
             return column
         if pd.api.types.is_string_dtype(values) or values.dtype == object:
             sample = values.dropna().astype(str).head(50)
-            if len(sample) and pd.to_datetime(sample, errors="coerce", format="mixed", utc=True).notna().all():
+            # Not ``.all()``: one bad timestamp (text kept by pyarrow) is set aside as its row later.
+            if len(sample) and pd.to_datetime(sample, errors="coerce", format="mixed", utc=True).notna().mean() > TIMESTAMP_SHARE:
                 return column
     raise InputError(
         f"{source.name}: no timestamp column (no column parses as datetimes); "
@@ -240,7 +283,7 @@ def _detect_sensors(source: RawSource, ts_col: str, config: IngestConfig) -> lis
         for column in source.frame.columns
         if column not in skip
         and str(column).strip().lower() not in LABEL_LIKE_NAMES
-        and _is_numeric_column(source.frame[column])
+        and _is_numeric_column(source.frame[column], config.decimal)
     ]
     if not sensors:
         raise InputError(
@@ -249,7 +292,7 @@ def _detect_sensors(source: RawSource, ts_col: str, config: IngestConfig) -> lis
     return sensors
 
 
-def _is_numeric_column(values: pd.Series) -> bool:
+def _is_numeric_column(values: pd.Series, decimal: str = ".") -> bool:
     if pd.api.types.is_bool_dtype(values):
         return False
     if pd.api.types.is_numeric_dtype(values):
@@ -258,7 +301,7 @@ def _is_numeric_column(values: pd.Series) -> bool:
         present = values.dropna()
         if present.empty:
             return False
-        parsed = pd.to_numeric(present, errors="coerce")
+        parsed = pd.to_numeric(_decimal_point(present, decimal), errors="coerce")
         return parsed.notna().mean() >= NUMERIC_SHARE
     return False
 
@@ -288,7 +331,7 @@ def _normalise(
 
     part = pd.DataFrame({"source": source.name, "row": np.arange(n, dtype=np.int64), "timestamp": timestamps})
     for column in sensors:
-        values, bad = _to_float(frame[column])
+        values, bad = _to_float(frame[column], config.decimal)
         part[column] = values
         if bad.any():
             bad_rows = bad & reasons.isna().to_numpy()
@@ -296,9 +339,13 @@ def _normalise(
             texts = frame[column].astype(str)
             reasons[bad_rows] = "unparseable value '" + texts[bad_rows].str.slice(0, 40) + f"' in column '{column}'"
     if config.label_column:
-        labels, bad = _to_float(frame[config.label_column])
+        labels, bad = _to_float(frame[config.label_column], config.decimal)
         part["label"] = labels
-        reasons[bad & reasons.isna().to_numpy()] = f"unparseable label in column '{config.label_column}'"
+        # Counted like any other reason and quoting the value, as for sensors.
+        bad_rows = bad & reasons.isna().to_numpy()
+        counts["unparseable_label"] += int(bad_rows.sum())
+        texts = frame[config.label_column].astype(str)
+        reasons[bad_rows] = "unparseable label '" + texts[bad_rows].str.slice(0, 40) + f"' in column '{config.label_column}'"
 
     rejected_mask = reasons.notna().to_numpy()
     rejected = pd.DataFrame(
@@ -312,13 +359,21 @@ def _normalise(
     return part[~rejected_mask], rejected, ignored
 
 
-def _to_float(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def _decimal_point(values: pd.Series, decimal: str) -> pd.Series:
+    """Text values with a decimal comma rewritten to a point (pyarrow keeps a column with any text
+    as text, so its numbers still carry the comma)."""
+    if decimal == ".":
+        return values
+    return values.astype("string").str.replace(decimal, ".", regex=False)
+
+
+def _to_float(values: pd.Series, decimal: str = ".") -> tuple[np.ndarray, np.ndarray]:
     """Column -> (float64 values, mask of cells that held text that is not a number)."""
     if pd.api.types.is_bool_dtype(values):
         return values.astype(float).to_numpy(), np.zeros(len(values), dtype=bool)
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(values), dtype=bool)
-    parsed = pd.to_numeric(values, errors="coerce").astype(np.float64)
+    parsed = pd.to_numeric(_decimal_point(values, decimal), errors="coerce").astype(np.float64)
     bad = (parsed.isna() & values.notna()).to_numpy()
     return parsed.to_numpy(), bad
 
@@ -343,10 +398,8 @@ def _parse_timestamps(values: pd.Series, name: str, column: str, zone: str) -> t
         if parsed.isna().sum() > text.isna().sum():  # formats differ row to row
             parsed = pd.to_datetime(text, errors="coerce", utc=aware, format="mixed")
     if not aware:
-        try:
-            parsed = parsed.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
-        except Exception as exc:  # unknown zone name
-            raise InputError(f"ingest.source_timezone: unknown time zone '{zone}' ({exc})") from None
+        _check_zone(zone)
+        parsed = parsed.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
         ambiguous = parsed.isna().to_numpy() & values.notna().to_numpy()
         if not pd.api.types.is_datetime64_any_dtype(values):
             ambiguous &= pd.to_datetime(values.astype("string"), errors="coerce", format="mixed").notna().to_numpy()
@@ -411,27 +464,35 @@ def _repair_missing(
     """Forward-fill short missing runs; set aside rows in long ones or with no earlier value."""
     n = len(table)
     too_long = np.zeros(n, dtype=bool)
-    repaired = np.zeros(n, dtype=bool)
     reasons = np.full(n, None, dtype=object)
-    filled, missing = {}, {}
+    values: dict[str, np.ndarray] = {}
+    fills: dict[str, np.ndarray] = {}
+    missing = {}
     for column in sensors:
-        mask = table[column].isna().to_numpy()
+        values[column] = table[column].to_numpy(dtype=np.float64, copy=True)
+        mask = np.isnan(values[column])
         missing[column] = int(mask.sum())
         starts, lengths = missing_runs(mask)
         fill = np.zeros(n, dtype=bool)
         for start, length in zip(starts, lengths):
             if length <= max_fill_rows and start > 0:
+                # The value just before the run (row start - 1 holds one: runs are maximal). Filling
+                # here, not with ffill after dropping set-aside rows, keeps a fill from reaching
+                # past a dropped row to an older value or to nothing (a NaN left in the table).
+                values[column][start : start + length] = values[column][start - 1]
                 fill[start : start + length] = True
             else:
                 span = slice(start, start + length)
                 why = "no earlier value" if start == 0 else f"{length} rows in a row, more than max_fill_rows={max_fill_rows}"
                 reasons[span] = np.where(reasons[span] == None, f"missing value in column '{column}' ({why})", reasons[span])  # noqa: E711
                 too_long[span] = True
-        filled[column] = int((fill & ~too_long).sum())
-        repaired |= fill
-    repaired &= ~too_long
+        fills[column] = fill
+    # Count fills only in rows that stay: a row set aside by a later column was not repaired.
+    filled = {column: int((fill & ~too_long).sum()) for column, fill in fills.items()}
+    repaired = np.logical_or.reduce([fills[c] for c in sensors]) & ~too_long
     out = table[~too_long].copy()
-    out[sensors] = out[sensors].ffill()
+    for column in sensors:
+        out[column] = values[column][~too_long]
     out["_repaired"] = repaired[~too_long]
     gone = table[too_long]
     rejected = pd.DataFrame(

@@ -56,14 +56,16 @@ def quality_report(result: IngestResult, flatline_rows: int) -> dict[str, Any]:
             "flatline_runs": n_flat,
             "longest_flatline_rows": longest,
             "flatlined": n_flat > 0,
-            "constant": bool(np.nanstd(values) == 0),
+            # max == min, not std == 0: the std of a constant 0.1 is a rounding step, not 0.
+            "constant": bool(np.nanmax(values) == np.nanmin(values)),
             "min": float(np.nanmin(values)),
             "max": float(np.nanmax(values)),
             "mean": float(np.nanmean(values)),
             "std": float(np.nanstd(values)),
         }
     return {
-        "sources": sorted(table["source"].unique().tolist()),
+        # Every file read, also one whose rows were all set aside (its reasons are below).
+        "sources": sorted(set(table["source"]) | set(result.rejected["source"])),
         "timestamp_column": result.timestamp_column,
         "ignored_columns": result.ignored_columns,
         "rows": dict(result.counts),
@@ -81,8 +83,9 @@ def quality_report(result: IngestResult, flatline_rows: int) -> dict[str, Any]:
 
 
 def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
-    # Group reasons by their kind (text before any quoted value or row number) to keep it short.
-    kinds = rejected["status"].str.replace(r" '.*$| of .*$| \(.*$", "", regex=True)
+    # Group reasons by their kind (text before any column name, quoted value, row number or
+    # explanation) to keep it short: "missing value", not "missing value in column" (cut mid-phrase).
+    kinds = rejected["status"].astype(str).str.replace(r"(?: in column)? '.*$| of .*$| \(.*$|:.*$", "", regex=True)
     return {str(k): int(v) for k, v in kinds.value_counts().items()}
 
 
