@@ -104,8 +104,10 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     window = config.features.window_size
     normal = normal_mask(table, config)
     n_normal = int(normal.sum())
-    # Three parts need a window each; ask for a little more so each part has some windows.
-    needed = int(np.ceil(3 * window / min(config.training.holdout_fraction, config.training.validation_fraction * (1 - config.training.holdout_fraction))))
+    # Each of the three parts below needs at least one window.
+    training = config.training
+    smallest_part = min(training.holdout_fraction, training.validation_fraction * (1 - training.holdout_fraction))
+    needed = int(np.ceil(window / smallest_part))
     if n_normal < needed:
         raise InputError(
             f"{', '.join(sorted(table['source'].unique()))}: {n_normal} normal rows, need at least {needed} "

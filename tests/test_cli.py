@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.cli import main
 from tests.conftest import TINY_NORMAL_UNTIL
 
 SCORE_COLUMNS = ["source", "timestamp", "score", "threshold", "anomaly", "event_id"]
@@ -97,6 +98,13 @@ def test_run_trains_once_then_processes_only_new_files(tmp_path, tiny_frame, tin
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
+def in_process(*args: str, capsys) -> tuple[int, str, str]:
+    """The CLI's own entry point in this process: the same code path, without re-importing TensorFlow."""
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.mark.parametrize(
     "case,expected",
     [
@@ -107,7 +115,7 @@ def test_run_trains_once_then_processes_only_new_files(tmp_path, tiny_frame, tin
         ("too_short", "normal rows, need at least"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(tmp_path, tracking_uri, case, expected):
+def test_bad_input_exits_2_with_one_line(tmp_path, tracking_uri, capsys, case, expected):
     path = tmp_path / "in.csv"
     if case == "empty":
         path.write_text("")
@@ -117,23 +125,24 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tracking_uri, case, expected)
         path.write_text("time,site\n2026-01-01 00:00:00,north\n2026-01-01 00:01:00,south\n")
     elif case == "too_short":
         path.write_text("time,a\n" + "".join(f"2026-01-01 00:{m:02d}:00,{m % 3}\n" for m in range(20)))
-    result = cli("train", "--input", str(path), "--tracking-uri", tracking_uri, cwd=tmp_path)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    code, _, err = in_process("train", "--input", str(path), "--tracking-uri", tracking_uri, capsys=capsys)
+    assert code == 2
+    assert "Traceback" not in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and expected in error_lines[0] and "in.csv" in error_lines[0]
     if case != "missing":  # the failed training is a FAILED run with the message
         _, runs = _runs(tracking_uri)
         assert [r.info.status for r in runs] == ["FAILED"] and expected in runs[0].data.tags["error"]
 
 
-def test_bad_config_and_unknown_model_exit_2(tmp_path, tiny_csv, tracking_uri):
+def test_bad_config_and_unknown_model_exit_2(tmp_path, tiny_csv, tracking_uri, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("threshold:\n  method: median\n")
-    result = cli("train", "--input", str(tiny_csv), "--config", str(config), "--tracking-uri", tracking_uri, cwd=tmp_path)
-    assert result.returncode == 2 and "threshold.method" in result.stderr and "'median'" in result.stderr
-    result = cli("score", "--input", str(tiny_csv), "--out", str(tmp_path / "o"), "--model-name", "nope", "--tracking-uri", tracking_uri, cwd=tmp_path)
-    assert result.returncode == 2 and "no registered model named 'nope'" in result.stderr
+    code, _, err = in_process("train", "--input", str(tiny_csv), "--config", str(config), "--tracking-uri", tracking_uri, capsys=capsys)
+    assert code == 2 and "threshold.method" in err and "'median'" in err
+    code, _, err = in_process("score", "--input", str(tiny_csv), "--out", str(tmp_path / "o"), "--model-name", "nope",
+                              "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    assert code == 2 and "no registered model named 'nope'" in err
 
 
 def test_help_on_every_command(tmp_path):
