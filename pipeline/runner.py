@@ -197,6 +197,7 @@ def apply_bundle(bundle: ModelBundle, loaded: LoadedInput, model_version: str, r
 
 def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list[tuple[str, Path]], out_dir: Path, run_id: str) -> ScoreOutcome:
     tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
+    tracker.log_text(to_yaml(bundle.config), "config.yaml")
     loaded = load_input(files, bundle.config, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
     tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "model_version": version})
     scores, events, rows, event = apply_bundle(bundle, loaded, version, run_id)
