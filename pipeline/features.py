@@ -1,7 +1,8 @@
 """Features: scaled sensor values and sliding windows over them.
 
 Windows are never materialised all at once. A set of windows is described by the array of
-their start rows (``window_starts``); ``gather_windows`` copies out one batch at a time.
+their start rows (``window_starts``); ``window_view`` is a strided, read-only view of every
+window over the scaled values (no copy), and ``gather_windows`` copies out one batch of it.
 A window never crosses a gap in time longer than ``max_gap_seconds`` (a new segment starts
 there), so a row's window always holds ``window_size`` consecutive readings of one stretch.
 """
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
+
+
+TRANSFORM_BLOCK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,28 @@ class Scaler:
     constant: list[str]
 
     def transform(self, values: np.ndarray) -> np.ndarray:
-        """(n_rows, n_sensors) raw values -> float32 standardised values."""
-        return ((values - np.asarray(self.mean)) / np.asarray(self.scale)).astype(np.float32)
+        """(n_rows, n_sensors) raw values -> float32 standardised values.
+
+        Computed in float64 a block of rows at a time, so the float64 temporaries stay small
+        for long series.
+        """
+        mean, scale = np.asarray(self.mean), np.asarray(self.scale)
+        out = np.empty(values.shape, dtype=np.float32)
+        for lo in range(0, len(values), TRANSFORM_BLOCK_ROWS):
+            block = slice(lo, lo + TRANSFORM_BLOCK_ROWS)
+            out[block] = (values[block] - mean) / scale
+        return out
+
+    def transform_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """The ``sensors`` columns of a frame -> float32 standardised values, (n_rows, n_sensors).
+
+        Same values as ``transform(frame[sensors].to_numpy(float64))`` without the float64 copy
+        of the whole table: one column at a time.
+        """
+        out = np.empty((len(frame), len(self.sensors)), dtype=np.float32)
+        for i, (sensor, mean, scale) in enumerate(zip(self.sensors, self.mean, self.scale)):
+            out[:, i] = (frame[sensor].to_numpy(dtype=np.float64) - mean) / scale
+        return out
 
     def to_dict(self) -> dict:
         return {"sensors": self.sensors, "mean": self.mean, "scale": self.scale, "constant": self.constant}
@@ -75,6 +99,21 @@ def window_starts(segments: np.ndarray, window_size: int, stride: int = 1) -> np
     return np.concatenate(starts).astype(np.int64) if starts else np.empty(0, dtype=np.int64)
 
 
+def window_view(values: np.ndarray, window_size: int) -> np.ndarray:
+    """Every window of ``values`` as a read-only strided view (no copy).
+
+    Args:
+        values: shape (n_rows, n_sensors).
+
+    Returns:
+        shape (n_rows - window_size + 1, window_size, n_sensors); element ``[s]`` is the window
+        beginning at row ``s``.
+    """
+    return np.lib.stride_tricks.sliding_window_view(values, window_size, axis=0).transpose(0, 2, 1)
+
+
 def gather_windows(values: np.ndarray, starts: np.ndarray, window_size: int) -> np.ndarray:
     """Copy out the windows beginning at ``starts``: shape (len(starts), window_size, n_sensors)."""
-    return values[starts[:, None] + np.arange(window_size)]
+    if starts.size and starts[-1] - starts[0] == starts.size - 1 and np.all(np.diff(starts) == 1):
+        return np.ascontiguousarray(window_view(values, window_size)[starts[0] : starts[-1] + 1])
+    return window_view(values, window_size)[starts]

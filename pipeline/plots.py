@@ -26,11 +26,13 @@ def score_plot(
     timestamps: pd.Series, sources: pd.Series, score: np.ndarray, threshold: float, events: pd.DataFrame, path: Path
 ) -> Path:
     """Score over time per source, the threshold line and flagged events shaded."""
-    names = list(dict.fromkeys(sources))
+    codes, names = pd.factorize(sources)  # in order of appearance, without a Python object per row
+    # Naive UTC datetime64 rather than an object array of tz-aware Timestamps (millions of rows).
+    times = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy() if timestamps.dt.tz is not None else timestamps.to_numpy()
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names) + 0.6), squeeze=False, sharey=True)
-    for ax, name in zip(axes[:, 0], names):
-        mask = (sources == name).to_numpy()
-        x, y = _peak_preserving(timestamps[mask].to_numpy(), score[mask])
+    for code, (ax, name) in enumerate(zip(axes[:, 0], names)):
+        mask = codes == code
+        x, y = _peak_preserving(times[mask], score[mask])
         ax.plot(x, y, lw=0.7, color="tab:blue", label="score")
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         for _, event in events[events["source"] == name].iterrows():

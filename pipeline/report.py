@@ -10,6 +10,8 @@ Events never cross a change of source file or a gap in time.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -80,8 +82,10 @@ def summarise_events(
     frame = pd.DataFrame(
         {
             "event_id": event[flagged],
-            "source": table["source"].to_numpy()[flagged],
-            "timestamp": table["timestamp"].to_numpy()[flagged],
+            # Take the flagged rows before converting: the whole column as Python objects is
+            # hundreds of MB at millions of rows.
+            "source": table["source"].iloc[flagged].to_numpy(),
+            "timestamp": table["timestamp"].iloc[flagged].to_numpy(),
             "score": rows.score[flagged],
         }
     )
@@ -105,11 +109,27 @@ def summarise_events(
     return summary[EVENT_COLUMNS]
 
 
+SCORES_BATCH_ROWS = 500_000  # rows per record batch of scores.csv (bounds the text held at once)
+
+
 def format_utc(timestamps: pd.Series) -> pa.Array:
     """UTC timestamps as ISO 8601 text ('2026-01-31T12:00:00Z'), quickly, for millions of rows."""
-    array = pa.array(timestamps)
-    whole_seconds = timestamps.dt.as_unit("ns").astype("int64") % 1_000_000_000 == 0
-    unit = "s" if bool(whole_seconds.all()) else "ms"
+    nanoseconds = _utc_nanoseconds(timestamps)
+    return _format_nanoseconds(nanoseconds, _text_unit(nanoseconds))
+
+
+def _utc_nanoseconds(timestamps: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch (UTC) of a tz-aware or naive-UTC series, a view where possible."""
+    return timestamps.dt.as_unit("ns").array.asi8
+
+
+def _text_unit(nanoseconds: np.ndarray) -> str:
+    """'s' when every timestamp is a whole second, else 'ms' (decided once for a whole table)."""
+    return "s" if not np.any(nanoseconds % 1_000_000_000) else "ms"
+
+
+def _format_nanoseconds(nanoseconds: np.ndarray, unit: str) -> pa.Array:
+    array = pa.array(nanoseconds, pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
     return pc.strftime(array.cast(pa.timestamp(unit, tz="UTC"), safe=False), format="%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -123,30 +143,99 @@ def scores_table(
     """The ``scores.csv`` table: one row per input row, in input order per source.
 
     Rows that ingest set aside keep their row with an empty score, ``anomaly`` 0 and the reason
-    in ``status``; scored rows have an empty ``status``.
+    in ``status``; scored rows have an empty ``status``. ``scores_batches`` yields the same
+    rows a batch at a time, for writing long tables without holding all their text.
+    """
+    batches = list(scores_batches(result, rows, event, threshold, source_order))
+    return pa.Table.from_batches(batches, schema=scores_schema(result.sensors))
+
+
+def scores_schema(sensors: list[str]) -> pa.Schema:
+    """Column names and types of the ``scores.csv`` table."""
+    fields = [
+        ("source", pa.string()), ("timestamp", pa.string()), ("score", pa.float32()), ("threshold", pa.float64()),
+        ("anomaly", pa.int8()), ("event_id", pa.int64()),
+    ]  # fmt: skip
+    fields += [(f"contrib_{sensor}", pa.float32()) for sensor in sensors]
+    return pa.schema(fields + [("status", pa.string())])
+
+
+def scores_batches(
+    result: IngestResult,
+    rows: RowScores,
+    event: np.ndarray,
+    threshold: float,
+    source_order: list[str],
+    batch_rows: int = SCORES_BATCH_ROWS,
+) -> Iterator[pa.RecordBatch]:
+    """The rows of ``scores_table`` as record batches of at most ``batch_rows`` rows, in order.
+
+    Only the output order (one int64 per row) and one batch of text are built at a time.
     """
     table, rejected = result.table, result.rejected
     n_clean, n_rejected = len(table), len(rejected)
-    rank = {name: i for i, name in enumerate(source_order)}
-    source = np.concatenate([table["source"].to_numpy(dtype=object), rejected["source"].to_numpy(dtype=object)])
-    row = np.concatenate([table["row"].to_numpy(), rejected["row"].to_numpy()])
-    order = np.lexsort((row, pd.Series(source).map(rank).to_numpy()))
-    timestamps = pa.concat_arrays([format_utc(table["timestamp"]), pa.array(rejected["timestamp"].astype(str).to_numpy(), pa.string())])
-    empty_float = np.full(n_rejected, np.nan, dtype=np.float32)
-    score = np.concatenate([rows.score, empty_float])
-    flagged = np.concatenate([event > 0, np.zeros(n_rejected, bool)])
-    event_id = np.concatenate([event, np.zeros(n_rejected, np.int64)])
-    columns = {
-        "source": pa.array(source[order], pa.string()),
-        "timestamp": timestamps.take(pa.array(order)),
-        "score": pa.array(score[order], from_pandas=True),
-        "threshold": pa.array(np.full(len(order), threshold)),
-        "anomaly": pa.array(flagged[order].astype(np.int8)),
-        "event_id": pa.array(event_id[order], mask=~flagged[order]),
-    }
-    for i, sensor in enumerate(result.sensors):
-        contrib = np.concatenate([rows.contributions[:, i], empty_float])
-        columns[f"contrib_{sensor}"] = pa.array(contrib[order], from_pandas=True)
-    status = np.concatenate([np.full(n_clean, None, dtype=object), rejected["status"].to_numpy(dtype=object)])
-    columns["status"] = pa.array(status[order], pa.string())
-    return pa.table(columns)
+    schema = scores_schema(result.sensors)
+    # Sources as codes into one list of names, ranked by the order the sources were given.
+    clean_codes, clean_names = pd.factorize(table["source"])
+    rejected_codes, rejected_names = pd.factorize(rejected["source"])
+    names = list(dict.fromkeys([*map(str, clean_names), *map(str, rejected_names)]))
+    index = {name: i for i, name in enumerate(names)}
+    source_code = np.concatenate(
+        [
+            np.asarray([index[str(n)] for n in clean_names], dtype=np.int64)[clean_codes] if n_clean else np.zeros(0, np.int64),
+            np.asarray([index[str(n)] for n in rejected_names], dtype=np.int64)[rejected_codes] if n_rejected else np.zeros(0, np.int64),
+        ]
+    )
+    given = {name: i for i, name in enumerate(source_order)}
+    rank = np.asarray([given.get(name, len(source_order)) for name in names], dtype=np.int64)
+    row = np.concatenate([table["row"].to_numpy(dtype=np.int64), rejected["row"].to_numpy(dtype=np.int64)])
+    key = rank[source_code] * (int(row.max(initial=0)) + 1) + row  # (source rank, row) as one sortable number
+    order = np.argsort(key, kind="stable")
+    del key, row
+    names_array = pa.array(names, pa.string())
+
+    nanoseconds = _utc_nanoseconds(table["timestamp"])
+    unit = _text_unit(nanoseconds)
+    rejected_time = pa.array(rejected["timestamp"].astype(str).to_numpy(), pa.string())
+    rejected_status = pa.array(rejected["status"].to_numpy(dtype=object), pa.string())
+    n_sensors = len(result.sensors)
+
+    for lo in range(0, n_clean + n_rejected, batch_rows):
+        pick = order[lo : lo + batch_rows]
+        m = len(pick)
+        clean = pick < n_clean
+        n_set_aside = m - int(clean.sum())
+        score = np.full(m, np.nan, dtype=np.float32)
+        contributions = np.full((m, n_sensors), np.nan, dtype=np.float32, order="F")  # columns contiguous
+        event_id = np.zeros(m, dtype=np.int64)
+        if n_set_aside == 0:  # the usual case: no set-aside row in this batch
+            at = pick
+            score[:] = rows.score[at]
+            contributions[:] = rows.contributions[at]
+            event_id[:] = event[at]
+            timestamps = _format_nanoseconds(nanoseconds[at], unit)
+            status = pa.nulls(m, pa.string())
+        else:
+            at = pick[clean]
+            aside = pick[~clean] - n_clean
+            score[clean] = rows.score[at]
+            contributions[clean] = rows.contributions[at]
+            event_id[clean] = event[at]
+            # Text columns: clean rows first, then set-aside ones, put back in output order.
+            position = np.empty(m, dtype=np.int64)
+            position[clean] = np.arange(m - n_set_aside)
+            position[~clean] = np.arange(m - n_set_aside, m)
+            position = pa.array(position)
+            timestamps = pa.concat_arrays([_format_nanoseconds(nanoseconds[at], unit), rejected_time.take(pa.array(aside))]).take(position)
+            status = pa.concat_arrays([pa.nulls(m - n_set_aside, pa.string()), rejected_status.take(pa.array(aside))]).take(position)
+        flagged = event_id > 0
+        columns = [
+            names_array.take(pa.array(source_code[pick])),
+            timestamps,
+            pa.array(score, from_pandas=True),
+            pa.array(np.full(m, threshold, dtype=np.float64)),
+            pa.array(flagged.astype(np.int8)),
+            pa.array(event_id, mask=~flagged),
+        ]
+        columns += [pa.array(contributions[:, i], from_pandas=True) for i in range(n_sensors)]
+        yield pa.RecordBatch.from_arrays(columns + [status], schema=schema)

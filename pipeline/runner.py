@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -32,7 +33,7 @@ from pipeline.errors import InputError, LockHeldError
 from pipeline.features import fit_scaler, segment_ids, window_starts
 from pipeline.ingest import IngestResult, RawSource, discover_files, file_digest, read_source, validate
 from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
-from pipeline.report import assign_events, scores_table, summarise_events
+from pipeline.report import assign_events, scores_batches, scores_schema, scores_table, summarise_events
 from pipeline.score import reconstruction_errors, score_table
 from pipeline.tracking import Tracker, inputs_digest
 from pipeline.train import train_autoencoder
@@ -58,14 +59,22 @@ def load_input(
     files: list[tuple[str, Path]], config: PipelineConfig, sensors: list[str] | None = None, timestamp_column: str | None = None
 ) -> LoadedInput:
     """Read, validate and quality-check files (see ``ingest.discover_files`` for the pairs)."""
-    raw: list[RawSource] = [read_source(name, path, config.ingest) for name, path in files]
+    raw: list[RawSource] = []
+    for name, path in files:
+        raw.append(read_source(name, path, config.ingest))
+        # Arrow's allocator keeps the CSV parse buffers (about 1.5x the file size) once the
+        # table has become a pandas frame; hand them back before validation needs the memory.
+        pa.default_memory_pool().release_unused()
     result = validate(raw, config.ingest, sensors=sensors, timestamp_column=timestamp_column)
+    digests, names = {s.name: s.digest for s in raw}, [s.name for s in raw]
+    del raw  # the raw frames
+    pa.default_memory_pool().release_unused()
     report = quality_report(result, config.ingest.flatline_rows)
     log.info(
         "ingested %d rows from %d file(s): %d clean, %d repaired, %d set aside",
-        result.counts["rows_in"], len(raw), result.counts["rows_clean"], result.counts["rows_repaired"], result.counts["rows_quarantined"],
+        result.counts["rows_in"], len(names), result.counts["rows_clean"], result.counts["rows_repaired"], result.counts["rows_quarantined"],
     )  # fmt: skip
-    return LoadedInput(result, report, {s.name: s.digest for s in raw}, [s.name for s in raw])
+    return LoadedInput(result, report, digests, names)
 
 
 # ---------------------------------------------------------------- fitting
@@ -183,16 +192,23 @@ class ScoreOutcome:
 
 def apply_bundle(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
     """Score a loaded input with a bundle: (scores table, events frame, row scores, event per row)."""
-    result = loaded.result
+    rows, event, events = _score_events(bundle, loaded, model_version, run_id)
+    scores = scores_table(loaded.result, rows, event, bundle.threshold.value, loaded.sources)
+    return scores, events, rows, event
+
+
+def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
+    """Row scores, event number per row and the events frame (the scores table is left to the caller)."""
+    table = loaded.result.table
     rows = score_table(
-        bundle.model, bundle.scaler, result.table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=True
+        bundle.model, bundle.scaler, table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=True
     )
-    source_change = np.concatenate([[False], result.table["source"].to_numpy()[1:] != result.table["source"].to_numpy()[:-1]])
+    source_code = pd.factorize(table["source"])[0]  # int codes: no Python string per row
+    source_change = np.concatenate([[False], source_code[1:] != source_code[:-1]])
     groups = np.cumsum(source_change | np.concatenate([[False], np.diff(rows.segment) != 0]))
     event = assign_events(rows.score, bundle.threshold.value, groups, bundle.config.events)
-    events = summarise_events(result.table, rows, event, bundle.threshold.value, bundle.sensors, model_version, run_id)
-    scores = scores_table(result, rows, event, bundle.threshold.value, loaded.sources)
-    return scores, events, rows, event
+    events = summarise_events(table, rows, event, bundle.threshold.value, bundle.sensors, model_version, run_id)
+    return rows, event, events
 
 
 def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list[tuple[str, Path]], out_dir: Path, run_id: str) -> ScoreOutcome:
@@ -200,10 +216,13 @@ def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list
     tracker.log_text(to_yaml(bundle.config), "config.yaml")
     loaded = load_input(files, bundle.config, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
     tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "model_version": version})
-    scores, events, rows, event = apply_bundle(bundle, loaded, version, run_id)
+    rows, event, events = _score_events(bundle, loaded, version, run_id)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(scores, out_dir / "scores.csv")
+    # scores.csv is written a batch at a time: the whole table as text would be several GB at
+    # millions of rows.
+    scores = scores_batches(loaded.result, rows, event, bundle.threshold.value, loaded.sources)
+    write_csv_batches_atomic(scores, scores_schema(loaded.result.sensors), out_dir / "scores.csv")
     write_csv_atomic(pa.Table.from_pandas(events, preserve_index=False), out_dir / "anomalies.csv")
     write_text_atomic(json.dumps(loaded.quality, indent=2), out_dir / "quality.json")
     write_parquet(loaded.result.table, out_dir / "validated.parquet")
@@ -402,6 +421,19 @@ def write_csv_atomic(table: pa.Table, path: Path) -> Path:
     return path
 
 
+def write_csv_batches_atomic(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path) -> Path:
+    """Like ``write_csv_atomic`` for record batches produced one at a time (same text)."""
+    handle, tmp = _atomic_target(path)
+    try:
+        with pa_csv.CSVWriter(handle, schema, write_options=pa_csv.WriteOptions(quoting_style="needed")) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        _replace(tmp, path, handle)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_text_atomic(text: str, path: Path) -> Path:
     handle, tmp = _atomic_target(path)
     try:
@@ -412,8 +444,17 @@ def write_text_atomic(text: str, path: Path) -> Path:
     return path
 
 
+PARQUET_ROW_GROUP = 1_000_000  # rows converted to Arrow and written at a time
+
+
 def write_parquet(table: pd.DataFrame, path: Path) -> Path:
+    """Write a frame as Parquet, converting one row group at a time (bounds the Arrow copy)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), path)
+    first = pa.Table.from_pandas(table.iloc[:PARQUET_ROW_GROUP], preserve_index=False)
+    with pq.ParquetWriter(path, first.schema) as writer:
+        writer.write_table(first)
+        del first
+        for lo in range(PARQUET_ROW_GROUP, len(table), PARQUET_ROW_GROUP):
+            writer.write_table(pa.Table.from_pandas(table.iloc[lo : lo + PARQUET_ROW_GROUP], schema=writer.schema, preserve_index=False))
     return path
 

@@ -33,9 +33,29 @@ def reconstruction_errors(
     Returns:
         ``errors`` of shape (n_windows,) and per-sensor error shares of shape (n_windows, n_sensors).
     """
-    n_sensors = values.shape[1]
     errors = np.empty(len(starts), dtype=np.float32)
-    shares = np.empty((len(starts), n_sensors), dtype=np.float32)
+    shares = np.empty((len(starts), values.shape[1]), dtype=np.float32)
+    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, np.arange(len(starts)))
+    return errors, shares
+
+
+def _predict_into(
+    model: keras.Model,
+    values: np.ndarray,
+    starts: np.ndarray,
+    window_size: int,
+    batch_size: int,
+    progress: bool,
+    errors: np.ndarray,
+    shares: np.ndarray,
+    targets: np.ndarray,
+) -> None:
+    """Predict the windows beginning at ``starts`` a batch at a time; window ``i``'s error and
+    per-sensor shares go to ``errors[targets[i]]`` and ``shares[targets[i]]``.
+
+    Only one batch of windows (batch_size, window_size, n_sensors) is copied out at a time.
+    """
+    n_sensors = values.shape[1]
     batches = range(0, len(starts), batch_size)
     show_bar = progress and sys.stderr.isatty()
     for number, lo in enumerate(tqdm(batches, desc="scoring", unit="batch", disable=not show_bar)):
@@ -43,12 +63,12 @@ def reconstruction_errors(
         rebuilt = np.asarray(model.predict_on_batch(windows))
         per_sensor = np.square(windows - rebuilt).sum(axis=1)  # (batch, n_sensors)
         total = per_sensor.sum(axis=1)
-        errors[lo : lo + len(windows)] = total / (window_size * n_sensors)
+        where = targets[lo : lo + len(windows)]
+        errors[where] = total / (window_size * n_sensors)
         safe_total = np.where(total > 0, total, 1.0)[:, None]
-        shares[lo : lo + len(windows)] = np.where(total[:, None] > 0, per_sensor / safe_total, 1.0 / n_sensors)
+        shares[where] = np.where(total[:, None] > 0, per_sensor / safe_total, 1.0 / n_sensors)
         if progress and not show_bar and number % 200 == 199:
             log.info("scored %d of %d windows", lo + len(windows), len(starts))
-    return errors, shares
 
 
 @dataclass
@@ -73,14 +93,15 @@ def score_table(
     batch_size: int,
     progress: bool = False,
 ) -> RowScores:
-    """Score every row of a validated, time-sorted table with the window ending at it."""
-    values = scaler.transform(table[scaler.sensors].to_numpy(dtype=np.float64))
+    """Score every row of a validated, time-sorted table with the window ending at it.
+
+    Memory beyond the result: the scaled values (n_rows, n_sensors) float32, the window start
+    rows and one batch of windows; errors are written straight into the per-row arrays.
+    """
+    values = scaler.transform_frame(table)
     segment = segment_ids(table["timestamp"], max_gap_seconds)
     starts = window_starts(segment, window_size, stride=1)
-    errors, shares = reconstruction_errors(model, values, starts, window_size, batch_size, progress)
     score = np.full(len(table), np.nan, dtype=np.float32)
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
-    ends = starts + window_size - 1
-    score[ends] = errors
-    contributions[ends] = shares
+    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, starts + (window_size - 1))
     return RowScores(score=score, contributions=contributions, segment=segment)

@@ -1,0 +1,1 @@
+"""Benchmark commands: they print and log figures; tests never assert timings."""

@@ -1,0 +1,192 @@
+"""Throughput benchmark of ``anomaly-pipeline score`` on a large generated file.
+
+Generates a CSV of ``--rows`` rows x 8 pump-like sensors at 1-second steps (deterministic seed,
+faults injected after the normal leading part), trains a small model on the leading part with
+``runner.train_job`` against ``sqlite:///WORK/mlflow.db``, then runs the real CLI
+``score`` as a child process and measures its wall time and peak resident memory.
+
+    python -m pipeline.benchmark.throughput --rows 5000000 --work /tmp/bench
+
+Writes ``WORK/throughput.json`` and prints the same figures as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from scipy.signal import lfilter
+
+from pipeline.sample_data import SENSORS
+
+log = logging.getLogger("pipeline.benchmark.throughput")
+
+START = pd.Timestamp("2026-01-01 00:00:00")
+SEED = 11
+TIME_BINARY = "/usr/bin/time"
+
+
+def _lag(signal: np.ndarray, steps: float) -> np.ndarray:
+    """First-order lag with time constant ``steps`` samples (same recurrence as sample_data._lag)."""
+    alpha = 1.0 / steps
+    out, _ = lfilter([alpha], [1.0, alpha - 1.0], signal[1:], zi=[(1.0 - alpha) * signal[0]])
+    return np.concatenate([signal[:1], out])
+
+
+def generate_series(rows: int, normal_rows: int, seed: int = SEED) -> pd.DataFrame:
+    """A vectorised 1-second variant of ``sample_data.generate``: ``timestamp`` + eight sensors.
+
+    The first ``normal_rows`` rows are fault-free; four faults (drift, step, spike burst, stuck
+    sensor) are injected at fixed fractions of the rest.
+    """
+    rng = np.random.default_rng(seed)
+    seconds = np.arange(rows, dtype=np.float64)
+    hours = seconds / 3600.0
+    wander = np.cumsum(rng.normal(0, 0.0003, rows))
+    wander -= _lag(wander, 36_000)  # keep the random walk from drifting far
+    load = 0.7 + 0.22 * np.sin(2 * np.pi * (hours - 8) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
+    data = {
+        "vibration_rms": 2.0 + 1.2 * load + rng.normal(0, 0.08, rows),
+        "motor_current": 28 + 42 * load + rng.normal(0, 0.5, rows),
+        "discharge_pressure": 5.8 + 2.6 * load + rng.normal(0, 0.05, rows),
+        "suction_pressure": 1.3 - 0.25 * load + rng.normal(0, 0.02, rows),
+        "bearing_temperature": _lag(44 + 16 * load, 5400) + rng.normal(0, 0.15, rows),
+        "motor_temperature": _lag(52 + 24 * load, 2400) + rng.normal(0, 0.25, rows),
+        "flow_rate": 125 * load + rng.normal(0, 1.5, rows),
+        "speed": 1420 + 110 * load + rng.normal(0, 4, rows),
+    }
+    rest = rows - normal_rows
+    if rest > 4 * 3600:
+        span = min(3 * 3600, rest // 8)
+
+        def at(fraction: float) -> slice:
+            lo = normal_rows + int(rest * fraction)
+            return slice(lo, lo + span)
+
+        drift = at(0.15)
+        data["bearing_temperature"][drift] += np.linspace(0, 10, span)
+        step = at(0.4)
+        data["discharge_pressure"][step] -= 0.8
+        data["flow_rate"][step] *= 0.85
+        burst = at(0.65)
+        data["vibration_rms"][burst] += (rng.random(span) < 0.3) * rng.uniform(2, 5, span)
+        stuck = at(0.9)
+        data["flow_rate"][stuck] = data["flow_rate"][stuck.start - 1]
+    timestamps = START + pd.to_timedelta(seconds.astype(np.int64), unit="s")
+    return pd.DataFrame({"timestamp": timestamps, **{s: np.round(data[s], 4) for s in SENSORS}})
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    """Write with pyarrow (pandas ``to_csv`` is slow at millions of rows); naive timestamps as text."""
+    stamps = pc.strftime(pa.array(frame["timestamp"]).cast(pa.timestamp("s")), format="%Y-%m-%d %H:%M:%S")
+    table = pa.table({"timestamp": stamps, **{s: pa.array(frame[s].to_numpy()) for s in SENSORS}})
+    pa_csv.write_csv(table, path, write_options=pa_csv.WriteOptions(quoting_style="needed"))
+    return path
+
+
+def train_model(train_file: Path, normal_until: str, tracking_uri: str, model_name: str, epochs: int):
+    """Train and register a small model on the leading normal part (few epochs)."""
+    from pipeline import runner
+    from pipeline.config import PipelineConfig, with_overrides
+
+    config = with_overrides(
+        PipelineConfig(),
+        {"training.normal_until": normal_until, "model.epochs": epochs, "model.patience": 1, "model.batch_size": 256},
+    )
+    return runner.train_job([train_file], config, model_name, tracking_uri)
+
+
+def run_score(input_file: Path, out_dir: Path, tracking_uri: str, model_name: str, log_file: Path) -> dict:
+    """Run ``python -m pipeline score`` as a child; its wall time (s) and peak RSS (MB)."""
+    worktree = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(worktree), os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "pipeline", "score", "--input", str(input_file), "--out", str(out_dir),
+               "--tracking-uri", tracking_uri, "--model-name", model_name]  # fmt: skip
+    usage_file = log_file.with_suffix(".time")
+    wrapped = [TIME_BINARY, "-o", str(usage_file), "-f", "%e %M"] + command if Path(TIME_BINARY).exists() else command
+    log.info("running: %s", " ".join(command))
+    started = time.perf_counter()
+    with log_file.open("w") as stderr:
+        child = subprocess.run(wrapped, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    seconds = time.perf_counter() - started
+    if child.returncode != 0:
+        raise SystemExit(f"score failed with exit code {child.returncode}; see {log_file}")
+    if wrapped is not command:
+        wall, max_kb = usage_file.read_text().split()[-2:]
+        seconds, peak_kb = float(wall), int(max_kb)
+    else:  # Linux reports ru_maxrss in kilobytes
+        peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"command": command, "stdout": child.stdout, "seconds": seconds, "peak_rss_mb": peak_kb / 1024}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=5_000_000, help="rows of the scored file (default: 5,000,000)")
+    parser.add_argument("--work", required=True, type=Path, help="working folder (data, MLflow store, reports)")
+    parser.add_argument("--normal-rows", type=int, default=172_800, help="fault-free leading rows used for training (default: two days)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--model-name", default="throughput-benchmark")
+    parser.add_argument("--fresh", action="store_true", help="regenerate data and retrain even if present")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("mlflow", "alembic", "urllib3", "matplotlib", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
+
+    work = args.work.resolve()
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    normal_rows = min(args.normal_rows, args.rows)
+    data_file = work / f"sensors_{args.rows}.csv"
+    train_file = work / f"train_{normal_rows}.csv"
+    tracking_uri = f"sqlite:///{work / 'mlflow.db'}"
+
+    if not data_file.exists() or not train_file.exists():
+        started = time.perf_counter()
+        frame = generate_series(args.rows, normal_rows)
+        write_csv(frame.iloc[:normal_rows], train_file)
+        write_csv(frame, data_file)
+        del frame
+        log.info("wrote %s (%d rows x %d sensors, %.0f MB) in %.1f s", data_file, args.rows, len(SENSORS), data_file.stat().st_size / 2**20, time.perf_counter() - started)
+
+    normal_until = str(START + pd.Timedelta(seconds=normal_rows))
+    if not (work / "trained.json").exists():
+        started = time.perf_counter()
+        trained = train_model(train_file, normal_until, tracking_uri, args.model_name, args.epochs)
+        (work / "trained.json").write_text(json.dumps({"model_version": trained.model_version, "threshold": trained.threshold}))
+        log.info("trained %s version %s in %.1f s", args.model_name, trained.model_version, time.perf_counter() - started)
+
+    measured = run_score(data_file, work / "out", tracking_uri, args.model_name, work / "score.log")
+    print(measured["stdout"], end="")
+    figures = {
+        "rows": args.rows,
+        "sensors": len(SENSORS),
+        "seconds": round(measured["seconds"], 2),
+        "rows_per_second": round(args.rows / measured["seconds"], 1),
+        "peak_rss_mb": round(measured["peak_rss_mb"], 1),
+        "command": " ".join(measured["command"]),
+        "input_mb": round(data_file.stat().st_size / 2**20, 1),
+    }
+    (work / "throughput.json").write_text(json.dumps(figures, indent=2))
+    log.info("score: %d rows in %.1f s (%.0f rows/s), peak RSS %.0f MB", args.rows, figures["seconds"], figures["rows_per_second"], figures["peak_rss_mb"])
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
