@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ PARQUET_SUFFIXES = {".parquet", ".pq"}
 LABEL_LIKE_NAMES = {"anomaly", "anomalies", "label", "labels", "is_anomaly", "changepoint", "target", "fault"}
 NULL_MARKERS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "#N/A", "-nan"]
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
+STREAM_BLOCK_BYTES = 8 << 20
 # A text column counts as a sensor column when at least this share of its values are numbers.
 NUMERIC_SHARE = 0.9
 # A text column counts as the timestamp column when more than this share of its values parse as
@@ -173,19 +175,25 @@ def _read_csv(path: Path, config: IngestConfig, bad_rows: list[pa_csv.InvalidRow
     if not header_line.strip():
         raise InputError(f"{path}: file is empty")
     delimiter = config.delimiter or sniff_delimiter(header_line)
-    return pa_csv.read_csv(
-        path,
+    options = dict(
         parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: bad_rows.append(row) or "error"),
-        convert_options=pa_csv.ConvertOptions(
-            decimal_point=config.decimal,
-            null_values=NULL_MARKERS,
-            strings_can_be_null=True,
-        ),
+        convert_options=pa_csv.ConvertOptions(decimal_point=config.decimal, null_values=NULL_MARKERS, strings_can_be_null=True),
     )
+    # Stream block by block: reading the whole file at once holds the raw text and the parsed
+    # columns together (about 4x the file's size at the peak).
+    try:
+        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=STREAM_BLOCK_BYTES), **options)
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
+    except pa.ArrowInvalid as exc:
+        if bad_rows or "conversion error" not in str(exc):
+            raise
+    # The streaming reader fixes column types from the first block; a later block holds text in
+    # a column that looked numeric. Read the whole file at once, which types columns on all rows.
+    return pa_csv.read_csv(path, **options)
 
 
 def validate(
-    sources: list[RawSource],
+    sources: Iterable[RawSource],
     config: IngestConfig,
     sensors: list[str] | None = None,
     timestamp_column: str | None = None,
@@ -203,26 +211,31 @@ def validate(
         InputError: a required column is missing, no timestamp or sensor column is found, or
             time zones are mixed.
     """
-    if not sources:
-        raise InputError("no input files")
     # An unknown zone is a configuration error even when every timestamp carries its own offset.
     _check_zone(config.source_timezone)
-    for source in sources:
-        # Two columns of one name would make every later lookup return a frame, not a column.
-        repeated = source.frame.columns[source.frame.columns.duplicated()]
-        if len(repeated):
-            raise InputError(f"{source.name}: column '{repeated[0]}' appears more than once in the header")
-    first = sources[0]
+    # Sources are taken one at a time and let go once normalised, so that a caller passing a
+    # generator never holds more than one raw file in memory.
+    remaining = iter(sources)
+    first = next(remaining, None)
+    if first is None:
+        raise InputError("no input files")
+    _check_header(first)
     ts_col = timestamp_column or config.timestamp_column or _detect_timestamp_column(first)
     sensors = list(sensors or config.sensors or _detect_sensors(first, ts_col, config))
+    first_name = first.name
     parts, rejected_parts, ignored = [], [], set()
     counts = {"rows_in": 0, "unparseable_timestamp": 0, "unparseable_value": 0, "unparseable_label": 0, "ambiguous_time": 0}
-    for source in sources:
+    source = first
+    del first
+    while source is not None:
+        _check_header(source)
         part, rejected, extra = _normalise(source, ts_col, sensors, config, counts)
         parts.append(part)
         rejected_parts.append(rejected)
         ignored |= extra
-    table = pd.concat(parts, ignore_index=True)
+        source = next(remaining, None)
+    table = parts[0].reset_index(drop=True) if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    del parts
     rejected = pd.concat(rejected_parts, ignore_index=True)
     if ignored:
         log.warning("ignoring columns that are not sensors: %s", ", ".join(sorted(ignored)))
@@ -231,7 +244,8 @@ def validate(
     counts["duplicate_rows"] = int((dup_rejected["status"].str.startswith("duplicate")).sum())
     counts["conflicting_timestamp"] = len(dup_rejected) - counts["duplicate_rows"]
     counts["out_of_order"] = _count_out_of_order(table)
-    table = table.sort_values("timestamp", kind="stable", ignore_index=True)
+    if not table["timestamp"].is_monotonic_increasing:
+        table = table.sort_values("timestamp", kind="stable", ignore_index=True)
     table, nan_rejected, filled, missing = _repair_missing(table, sensors, config.max_fill_rows)
     counts["missing_run_too_long"] = len(nan_rejected)
     counts["rows_repaired"] = int(table.pop("_repaired").sum())
@@ -240,7 +254,7 @@ def validate(
     counts["rows_quarantined"] = len(rejected)
     if table.empty:
         reasons = rejected["status"].value_counts().head(3).to_dict()
-        raise InputError(f"{first.name}: no usable rows left after validation ({reasons})")
+        raise InputError(f"{first_name}: no usable rows left after validation ({reasons})")
     return IngestResult(
         table=table,
         rejected=rejected,
@@ -251,6 +265,13 @@ def validate(
         missing_values=missing,
         ignored_columns=sorted(ignored),
     )
+
+
+def _check_header(source: RawSource) -> None:
+    # Two columns of one name would make every later lookup return a frame, not a column.
+    repeated = source.frame.columns[source.frame.columns.duplicated()]
+    if len(repeated):
+        raise InputError(f"{source.name}: column '{repeated[0]}' appears more than once in the header")
 
 
 def _check_zone(zone: str) -> None:
@@ -329,10 +350,10 @@ def _normalise(
     counts["unparseable_timestamp"] += int((reasons == "unparseable timestamp").sum())
     counts["ambiguous_time"] += int(reasons.notna().sum()) - int((reasons == "unparseable timestamp").sum())
 
-    part = pd.DataFrame({"source": source.name, "row": np.arange(n, dtype=np.int64), "timestamp": timestamps})
+    columns = {"source": source.name, "row": np.arange(n, dtype=np.int64), "timestamp": timestamps}
     for column in sensors:
         values, bad = _to_float(frame[column], config.decimal)
-        part[column] = values
+        columns[column] = values
         if bad.any():
             bad_rows = bad & reasons.isna().to_numpy()
             counts["unparseable_value"] += int(bad_rows.sum())
@@ -340,13 +361,14 @@ def _normalise(
             reasons[bad_rows] = "unparseable value '" + texts[bad_rows].str.slice(0, 40) + f"' in column '{column}'"
     if config.label_column:
         labels, bad = _to_float(frame[config.label_column], config.decimal)
-        part["label"] = labels
+        columns["label"] = labels
         # Counted like any other reason and quoting the value, as for sensors.
         bad_rows = bad & reasons.isna().to_numpy()
         counts["unparseable_label"] += int(bad_rows.sum())
         texts = frame[config.label_column].astype(str)
         reasons[bad_rows] = "unparseable label '" + texts[bad_rows].str.slice(0, 40) + f"' in column '{config.label_column}'"
 
+    part = pd.DataFrame(columns, copy=False)  # share the raw frame's float columns, no copy
     rejected_mask = reasons.notna().to_numpy()
     rejected = pd.DataFrame(
         {
@@ -356,7 +378,7 @@ def _normalise(
             "status": reasons[rejected_mask].astype(str),
         }
     )
-    return part[~rejected_mask], rejected, ignored
+    return (part[~rejected_mask] if rejected_mask.any() else part), rejected, ignored
 
 
 def _decimal_point(values: pd.Series, decimal: str) -> pd.Series:
@@ -372,6 +394,8 @@ def _to_float(values: pd.Series, decimal: str = ".") -> tuple[np.ndarray, np.nda
     if pd.api.types.is_bool_dtype(values):
         return values.astype(float).to_numpy(), np.zeros(len(values), dtype=bool)
     if pd.api.types.is_numeric_dtype(values):
+        if values.dtype == np.float64:
+            return values.to_numpy(), np.zeros(len(values), dtype=bool)  # a view, not a copy
         return values.to_numpy(dtype=np.float64, na_value=np.nan), np.zeros(len(values), dtype=bool)
     parsed = pd.to_numeric(_decimal_point(values, decimal), errors="coerce").astype(np.float64)
     bad = (parsed.isna() & values.notna()).to_numpy()
@@ -412,13 +436,15 @@ def _parse_timestamps(values: pd.Series, name: str, column: str, zone: str) -> t
 def _drop_duplicates(table: pd.DataFrame, sensors: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Set aside exact duplicates (keep the first) and rows whose timestamp has rival values."""
     value_columns = ["timestamp", *sensors] + (["label"] if "label" in table else [])
-    exact = table.duplicated(subset=value_columns, keep="first").to_numpy()
-    kept = table[~exact]
-    conflict = kept.duplicated(subset=["timestamp"], keep=False).to_numpy()
-    first_row = table.groupby(value_columns, sort=False, dropna=False)["row"].transform("first")
-    first_source = table.groupby(value_columns, sort=False, dropna=False)["source"].transform("first")
-    duplicates = table[exact]
-    conflicting = kept[conflict]
+    shared_time = table["timestamp"].duplicated(keep=False).to_numpy()
+    # Only rows that share a timestamp can be duplicates or conflicts: do the costly work on those.
+    suspects = table[shared_time]
+    exact_in = suspects.duplicated(subset=value_columns, keep="first").to_numpy()
+    conflict_in = suspects["timestamp"][~exact_in].duplicated(keep=False).to_numpy()
+    groups = suspects.groupby(value_columns, sort=False, dropna=False)
+    first_row, first_source = groups["row"].transform("first"), groups["source"].transform("first")
+    duplicates = suspects[exact_in]
+    conflicting = suspects[~exact_in][conflict_in]
     rejected = pd.concat(
         [
             pd.DataFrame(
@@ -426,7 +452,7 @@ def _drop_duplicates(table: pd.DataFrame, sensors: list[str]) -> tuple[pd.DataFr
                     "source": duplicates["source"],
                     "row": duplicates["row"],
                     "timestamp": duplicates["timestamp"].astype(str),
-                    "status": "duplicate of " + first_source[exact] + " row " + (first_row[exact] + 1).astype(str),
+                    "status": "duplicate of " + first_source[exact_in] + " row " + (first_row[exact_in] + 1).astype(str),
                 }
             ),
             pd.DataFrame(
@@ -440,7 +466,13 @@ def _drop_duplicates(table: pd.DataFrame, sensors: list[str]) -> tuple[pd.DataFr
         ],
         ignore_index=True,
     )
-    return kept[~conflict], rejected
+    if rejected.empty:
+        return table, rejected
+    gone = np.zeros(len(table), dtype=bool)
+    suspect_rows = np.flatnonzero(shared_time)
+    gone[suspect_rows[exact_in]] = True
+    gone[suspect_rows[~exact_in][conflict_in]] = True
+    return table[~gone], rejected
 
 
 def _count_out_of_order(table: pd.DataFrame) -> int:
@@ -469,9 +501,11 @@ def _repair_missing(
     fills: dict[str, np.ndarray] = {}
     missing = {}
     for column in sensors:
-        values[column] = table[column].to_numpy(dtype=np.float64, copy=True)
-        mask = np.isnan(values[column])
+        mask = table[column].isna().to_numpy()
         missing[column] = int(mask.sum())
+        if not missing[column]:
+            continue
+        values[column] = table[column].to_numpy(dtype=np.float64, copy=True)
         starts, lengths = missing_runs(mask)
         fill = np.zeros(n, dtype=bool)
         for start, length in zip(starts, lengths):
@@ -488,10 +522,11 @@ def _repair_missing(
                 too_long[span] = True
         fills[column] = fill
     # Count fills only in rows that stay: a row set aside by a later column was not repaired.
-    filled = {column: int((fill & ~too_long).sum()) for column, fill in fills.items()}
-    repaired = np.logical_or.reduce([fills[c] for c in sensors]) & ~too_long
-    out = table[~too_long].copy()
-    for column in sensors:
+    filled = {column: int((fills[column] & ~too_long).sum()) if column in fills else 0 for column in sensors}
+    repaired = np.logical_or.reduce([np.zeros(n, dtype=bool), *fills.values()]) & ~too_long
+    # Copy-on-write: the new columns below never touch the caller's frame.
+    out = table[~too_long] if too_long.any() else table.copy(deep=False)
+    for column in values:
         out[column] = values[column][~too_long]
     out["_repaired"] = repaired[~too_long]
     gone = table[too_long]

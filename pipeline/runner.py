@@ -31,7 +31,7 @@ from pipeline.calibrate import calibrate_threshold
 from pipeline.config import PipelineConfig, to_yaml
 from pipeline.errors import InputError, LockHeldError
 from pipeline.features import fit_scaler, segment_ids, window_starts
-from pipeline.ingest import IngestResult, RawSource, discover_files, file_digest, read_source, validate
+from pipeline.ingest import IngestResult, discover_files, file_digest, read_source, validate
 from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
 from pipeline.report import assign_events, scores_batches, scores_schema, scores_table, summarise_events
 from pipeline.score import reconstruction_errors, score_table
@@ -59,16 +59,19 @@ def load_input(
     files: list[tuple[str, Path]], config: PipelineConfig, sensors: list[str] | None = None, timestamp_column: str | None = None
 ) -> LoadedInput:
     """Read, validate and quality-check files (see ``ingest.discover_files`` for the pairs)."""
-    raw: list[RawSource] = []
-    for name, path in files:
-        raw.append(read_source(name, path, config.ingest))
-        # Arrow's allocator keeps the CSV parse buffers (about 1.5x the file size) once the
-        # table has become a pandas frame; hand them back before validation needs the memory.
-        pa.default_memory_pool().release_unused()
-    result = validate(raw, config.ingest, sensors=sensors, timestamp_column=timestamp_column)
-    digests, names = {s.name: s.digest for s in raw}, [s.name for s in raw]
-    del raw  # the raw frames
-    pa.default_memory_pool().release_unused()
+    digests: dict[str, str] = {}
+
+    def one_at_a_time():  # validate lets go of each raw file once it is normalised
+        for name, path in files:
+            source = read_source(name, path, config.ingest)
+            digests[name] = source.digest
+            yield source
+            del source
+            # Arrow's allocator keeps freed buffers for reuse; hand them back to the system.
+            pa.default_memory_pool().release_unused()
+
+    result = validate(one_at_a_time(), config.ingest, sensors=sensors, timestamp_column=timestamp_column)
+    names = [name for name, _ in files]
     report = quality_report(result, config.ingest.flatline_rows)
     log.info(
         "ingested %d rows from %d file(s): %d clean, %d repaired, %d set aside",
