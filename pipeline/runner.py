@@ -36,7 +36,6 @@ from pipeline.quality import quality_figures, quality_report, sampling_interval_
 from pipeline.report import assign_events, scores_batches, scores_schema, scores_table, summarise_events
 from pipeline.score import reconstruction_errors, score_table
 from pipeline.tracking import Tracker, inputs_digest
-from pipeline.train import train_autoencoder
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +147,8 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
         if starts.size == 0:
             raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
     log.info("training on %d windows, early stopping on %d, calibrating on %d", train_starts.size, val_starts.size, holdout_starts.size)
+
+    from pipeline.train import train_autoencoder  # TensorFlow is imported only where training needs it
 
     trained = train_autoencoder(values, train_starts, val_starts, window, config.model)
     errors, _ = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)

@@ -12,7 +12,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
-import keras
+from typing import Protocol
+
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -22,8 +23,14 @@ from pipeline.features import Scaler, gather_windows, segment_ids, window_starts
 log = logging.getLogger(__name__)
 
 
+class Reconstructor(Protocol):
+    """A Keras autoencoder or its NumPy twin (``pipeline.inference``): windows in, windows out."""
+
+    def predict_on_batch(self, windows: np.ndarray) -> np.ndarray: ...
+
+
 def reconstruction_errors(
-    model: keras.Model, values: np.ndarray, starts: np.ndarray, window_size: int, batch_size: int, progress: bool = False
+    model: Reconstructor, values: np.ndarray, starts: np.ndarray, window_size: int, batch_size: int, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Errors of the windows beginning at ``starts``, predicted one batch at a time.
 
@@ -40,7 +47,7 @@ def reconstruction_errors(
 
 
 def _predict_into(
-    model: keras.Model,
+    model: Reconstructor,
     values: np.ndarray,
     starts: np.ndarray,
     window_size: int,
@@ -85,7 +92,7 @@ class RowScores:
 
 
 def score_table(
-    model: keras.Model,
+    model: Reconstructor,
     scaler: Scaler,
     table: pd.DataFrame,
     window_size: int,
