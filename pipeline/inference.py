@@ -82,9 +82,20 @@ def _activation(layer: str, config: dict) -> str:
     return activation
 
 
+_zeros = np.zeros(0, dtype=np.float32)
+
+
 def _apply_activation(x: np.ndarray, activation: str) -> np.ndarray:
+    """Apply the activation in place. (np.maximum against a zeros array is several times faster
+    than against the scalar 0, which takes a slow broadcasting loop.)"""
+    global _zeros
     if activation == "relu":
-        np.maximum(x, 0, out=x)
+        if x.flags.c_contiguous:
+            if _zeros.size < x.size:
+                _zeros = np.zeros(x.size, dtype=np.float32)
+            np.maximum(x, _zeros[: x.size].reshape(x.shape), out=x)
+        else:
+            np.maximum(x, 0, out=x)
     return x
 
 
@@ -111,8 +122,10 @@ class _Layer:
         raise NotImplementedError
 
 
-def _im2col(x: np.ndarray, left: int, length: int, taps: int, stride: int, count: int) -> np.ndarray:
-    """Rows ``padded[t * stride : t * stride + taps]`` flattened, for t < count: (batch * count, taps * C).
+def _im2col(x: np.ndarray, left: int, length: int, taps: int, stride: int, count: int, ones: bool) -> np.ndarray:
+    """Rows ``padded[t * stride : t * stride + taps]`` flattened, for t < count: (batch * count, taps * C),
+    with a last column of ones if ``ones`` (so the bias is a row of the matmul's matrix: cheaper
+    than adding it afterwards).
 
     ``padded`` is ``x`` (batch, steps, C) with ``left`` zero steps before it and zeros after it up
     to ``length`` steps. A row's values are contiguous in ``padded`` (time-major), so this is
@@ -123,7 +136,12 @@ def _im2col(x: np.ndarray, left: int, length: int, taps: int, stride: int, count
     padded[:, left : left + steps] = x
     sb, sl, sc = padded.strides
     view = as_strided(padded, (batch, count, taps * channels), (sb, stride * sl, sc), writeable=False)
-    return view.reshape(batch * count, taps * channels)
+    width = taps * channels
+    rows = np.empty((batch * count, width + ones), dtype=np.float32)
+    np.copyto(rows[:, :width].reshape(batch, count, width), view)
+    if ones:
+        rows[:, width] = 1.0
+    return rows
 
 
 @dataclass
@@ -138,13 +156,16 @@ class _Conv1D(_Layer):
     def __post_init__(self) -> None:
         k, c, f = self.kernel.shape
         # im2col needs one (k * c, f) matmul; a narrow output (few filters, stride 1, e.g. the
-        # reconstruction layer) is faster as one (c, k * f) matmul over the padded steps and k
-        # shifted adds of its column blocks.
+        # reconstruction layer) is faster as one (k * f, c) matmul over the padded steps and k
+        # shifted adds of its row blocks.
         self._shift_add = self.stride == 1 and f <= c
         if self._shift_add:
-            self._matrix = np.ascontiguousarray(self.kernel.transpose(1, 0, 2).reshape(c, k * f))  # col j * f + filter
+            self._matrix = np.ascontiguousarray(self.kernel.transpose(0, 2, 1).reshape(k * f, c))  # row j * f + filter
         else:
-            self._matrix = np.ascontiguousarray(self.kernel.reshape(k * c, f))  # row j * c + channel
+            self._matrix = self.kernel.reshape(k * c, f)  # row j * c + channel
+            if self.bias is not None:
+                self._matrix = np.concatenate([self._matrix, self.bias[None, :]])
+            self._matrix = np.ascontiguousarray(self._matrix)
 
     def _geometry(self, length: int) -> tuple[int, int]:
         """(left padding, output length)."""
@@ -170,24 +191,25 @@ class _Conv1D(_Layer):
         left, out = self._geometry(steps)
         needed = (out - 1) * s + k
         if not self._shift_add:  # im2col, then one matmul
-            y = _im2col(x, left, needed, k, s, out) @ self._matrix
-            if self.bias is not None:
-                y += self.bias
+            y = _im2col(x, left, needed, k, s, out, self.bias is not None) @ self._matrix
             return _apply_activation(y, self.activation).reshape(batch, out, f)
-        # z[r] = padded_rows[r] @ [W[0] | W[1] | ...]; with all windows' padded steps as one
-        # run of rows, out[b, t] = sum_j z[b * length + t + j, block j]: k shifted 2-D adds.
+        # With all windows' padded steps as one run of r = b * length + t, z[j * f + g, r] =
+        # W[j][:, g] . padded[r], so out[b, t, g] = sum_j z[j * f + g, r + j]: one matmul and k
+        # shifted adds of long contiguous rows (transposed so the rows are long), then transpose back.
         length = max(needed, left + steps)
         padded = np.zeros((batch, length, channels), dtype=np.float32)
         padded[:, left : left + steps] = x
-        z = padded.reshape(batch * length, channels) @ self._matrix
+        z = self._matrix @ padded.reshape(batch * length, channels).T
         rows = batch * length - (k - 1)
-        y = np.zeros((batch * length, f), dtype=np.float32)
+        y = np.empty((f, batch * length), dtype=np.float32)
+        y[:, rows:] = 0
         if self.bias is not None:
-            np.add(z[:rows, :f], self.bias, out=y[:rows])
+            np.add(z[:f, :rows], self.bias[:, None], out=y[:, :rows])
         else:
-            y[:rows] = z[:rows, :f]
+            y[:, :rows] = z[:f, :rows]
         for j in range(1, k):
-            y[:rows] += z[j : j + rows, j * f : (j + 1) * f]
+            y[:, :rows] += z[j * f : (j + 1) * f, j : j + rows]
+        y = np.ascontiguousarray(y.T)
         return _apply_activation(y, self.activation).reshape(batch, length, f)[:, :out]
 
 
@@ -217,6 +239,8 @@ class _Conv1DTranspose(_Layer):
                     matrix[w, :, p, :] = self.kernel[j].T
         self._taps = m
         self._matrix = matrix.reshape(m * c, s * f)
+        if self.bias is not None:
+            self._matrix = np.ascontiguousarray(np.concatenate([self._matrix, np.tile(self.bias, s)[None, :]]))
 
     def _geometry(self, length: int) -> tuple[int, int]:
         """(offset of the output in the full scatter, output length)."""
@@ -239,10 +263,8 @@ class _Conv1DTranspose(_Layer):
         offset, out = self._geometry(x.shape[1])
         q0, q1 = offset // s, -(-(offset + out) // s)  # the positions q covering the output
         # window for q starts at padded step q when x is preceded by m - 1 zero steps
-        rows = _im2col(x[:, max(q0 - m + 1, 0) :], max(m - 1 - q0, 0), q1 - q0 + m - 1, m, 1, q1 - q0)
+        rows = _im2col(x[:, max(q0 - m + 1, 0) :], max(m - 1 - q0, 0), q1 - q0 + m - 1, m, 1, q1 - q0, self.bias is not None)
         y = rows @ self._matrix
-        if self.bias is not None:
-            y += np.tile(self.bias, s)
         y = _apply_activation(y, self.activation).reshape(batch, (q1 - q0) * s, f)
         start = offset - q0 * s
         return y[:, start : start + out]
