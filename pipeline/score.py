@@ -42,7 +42,7 @@ def reconstruction_errors(
     """
     errors = np.empty(len(starts), dtype=np.float32)
     shares = np.empty((len(starts), values.shape[1]), dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, np.arange(len(starts)))
+    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, by_end_row=False)
     return errors, shares
 
 
@@ -55,10 +55,11 @@ def _predict_into(
     progress: bool,
     errors: np.ndarray,
     shares: np.ndarray,
-    targets: np.ndarray,
+    by_end_row: bool,
 ) -> None:
     """Predict the windows beginning at ``starts`` a batch at a time; window ``i``'s error and
-    per-sensor shares go to ``errors[targets[i]]`` and ``shares[targets[i]]``.
+    per-sensor shares go to index ``i`` of ``errors`` and ``shares``, or, with ``by_end_row``,
+    to the index of the window's last row.
 
     Only one batch of windows (batch_size, window_size, n_sensors) is copied out at a time.
     """
@@ -70,7 +71,7 @@ def _predict_into(
         rebuilt = np.asarray(model.predict_on_batch(windows))
         per_sensor = np.square(windows - rebuilt).sum(axis=1)  # (batch, n_sensors)
         total = per_sensor.sum(axis=1)
-        where = targets[lo : lo + len(windows)]
+        where = starts[lo : lo + len(windows)] + (window_size - 1) if by_end_row else slice(lo, lo + len(windows))
         errors[where] = total / (window_size * n_sensors)
         safe_total = np.where(total > 0, total, 1.0)[:, None]
         shares[where] = np.where(total[:, None] > 0, per_sensor / safe_total, 1.0 / n_sensors)
@@ -110,5 +111,5 @@ def score_table(
     starts = window_starts(segment, window_size, stride=1)
     score = np.full(len(table), np.nan, dtype=np.float32)
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, starts + (window_size - 1))
+    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, by_end_row=True)
     return RowScores(score=score, contributions=contributions, segment=segment)
