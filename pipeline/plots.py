@@ -41,10 +41,7 @@ def score_plot(
         ax.set_yscale("log")
         ax.legend(loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel("time (UTC)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def training_curves(history: dict[str, list[float]], path: Path) -> Path:
@@ -56,10 +53,7 @@ def training_curves(history: dict[str, list[float]], path: Path) -> Path:
     ax.set_ylabel("mse")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
@@ -70,6 +64,10 @@ def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
     ax.set_xlabel("reconstruction error (held-out normal windows)")
     ax.set_ylabel("windows")
     ax.legend()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -33,7 +33,7 @@ from pipeline.errors import InputError, LockHeldError
 from pipeline.features import fit_scaler, segment_ids, window_starts
 from pipeline.ingest import IngestResult, discover_files, file_digest, read_source, validate
 from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
-from pipeline.report import assign_events, scores_batches, scores_schema, scores_table, summarise_events
+from pipeline.report import assign_events, scores_batches, scores_schema, summarise_events
 from pipeline.score import reconstruction_errors, score_table
 from pipeline.tracking import Tracker, inputs_digest
 
@@ -192,13 +192,6 @@ class ScoreOutcome:
     rows_flagged: int
     events: int
     model_version: str
-
-
-def apply_bundle(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
-    """Score a loaded input with a bundle: (scores table, events frame, row scores, event per row)."""
-    rows, event, events = _score_events(bundle, loaded, model_version, run_id)
-    scores = scores_table(loaded.result, rows, event, bundle.threshold.value, loaded.sources)
-    return scores, events, rows, event
 
 
 def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
@@ -416,17 +409,12 @@ def _replace(tmp: Path, path: Path, handle) -> None:
 
 def write_csv_atomic(table: pa.Table, path: Path) -> Path:
     """Write a CSV through a temporary file in the same folder, then rename it into place."""
-    handle, tmp = _atomic_target(path)
-    try:
-        pa_csv.write_csv(table, handle, write_options=pa_csv.WriteOptions(quoting_style="needed"))
-        _replace(tmp, path, handle)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_csv_batches_atomic(table.to_batches(), table.schema, path)
 
 
 def write_csv_batches_atomic(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path) -> Path:
-    """Like ``write_csv_atomic`` for record batches produced one at a time (same text)."""
+    """Write record batches, produced one at a time, as one CSV through a temporary file in the
+    same folder that is flushed and then renamed into place (no partial file is ever visible)."""
     handle, tmp = _atomic_target(path)
     try:
         with pa_csv.CSVWriter(handle, schema, write_options=pa_csv.WriteOptions(quoting_style="needed")) as writer:

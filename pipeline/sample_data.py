@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.signal import lfilter
 
 SENSORS = [
     "vibration_rms", "motor_current", "discharge_pressure", "suction_pressure",
@@ -40,39 +41,39 @@ FAULTS = [
 ]
 
 
-def _lag(signal: np.ndarray, minutes: float) -> np.ndarray:
-    """First-order thermal lag with time constant ``minutes`` (1-minute steps)."""
-    alpha = 1.0 / minutes
-    out = np.empty_like(signal)
-    out[0] = signal[0]
-    for i in range(1, signal.size):
-        out[i] = out[i - 1] + alpha * (signal[i] - out[i - 1])
-    return out
+def _lag(signal: np.ndarray, steps: float) -> np.ndarray:
+    """First-order lag (thermal inertia) with a time constant of ``steps`` samples."""
+    alpha = 1.0 / steps
+    out, _ = lfilter([alpha], [1.0, alpha - 1.0], signal[1:], zi=[(1.0 - alpha) * signal[0]])
+    return np.concatenate([signal[:1], out])
 
 
-def generate(days: int = 14, seed: int = 7, faults: list[Fault] = FAULTS) -> pd.DataFrame:
-    """A frame with ``timestamp`` (naive, UTC) and the eight sensors, one row a minute."""
+def generate(days: float = 14, seed: int = 7, faults: list[Fault] = FAULTS, step_seconds: int = 60) -> pd.DataFrame:
+    """A frame with ``timestamp`` (naive, UTC) and the eight sensors, one row every ``step_seconds``."""
     rng = np.random.default_rng(seed)
-    n = days * 24 * 60
-    minutes = np.arange(n)
+    n = int(days * 86400 // step_seconds)
+    minutes = np.arange(n) * (step_seconds / 60.0)
     hours = minutes / 60.0
-    wander = np.cumsum(rng.normal(0, 0.002, n))
-    wander -= _lag(wander, 600)  # keep the random walk from drifting far
+    per_minute = 60.0 / step_seconds  # samples per minute: time constants are given in minutes
+    wander = np.cumsum(rng.normal(0, 0.002 / np.sqrt(per_minute), n))
+    wander -= _lag(wander, 600 * per_minute)  # keep the random walk from drifting far
     load = 0.7 + 0.22 * np.sin(2 * np.pi * (hours - 8) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
     data = {
         "vibration_rms": 2.0 + 1.2 * load + rng.normal(0, 0.08, n),
         "motor_current": 28 + 42 * load + rng.normal(0, 0.5, n),
         "discharge_pressure": 5.8 + 2.6 * load + rng.normal(0, 0.05, n),
         "suction_pressure": 1.3 - 0.25 * load + rng.normal(0, 0.02, n),
-        "bearing_temperature": _lag(44 + 16 * load, 90) + rng.normal(0, 0.15, n),
-        "motor_temperature": _lag(52 + 24 * load, 40) + rng.normal(0, 0.25, n),
+        "bearing_temperature": _lag(44 + 16 * load, 90 * per_minute) + rng.normal(0, 0.15, n),
+        "motor_temperature": _lag(52 + 24 * load, 40 * per_minute) + rng.normal(0, 0.25, n),
         "flow_rate": 125 * load + rng.normal(0, 1.5, n),
         "speed": 1420 + 110 * load + rng.normal(0, 4, n),
     }
-    timestamps = START + pd.to_timedelta(minutes, unit="min")
+    timestamps = START + pd.to_timedelta(np.arange(n, dtype=np.int64) * step_seconds, unit="s")
     for fault in faults:
         span = (timestamps >= pd.Timestamp(fault.start)) & (timestamps < pd.Timestamp(fault.start) + pd.Timedelta(hours=fault.hours))
         k = int(span.sum())
+        if k == 0:
+            continue
         if fault.kind == "drift":
             data[fault.sensor][span] += np.linspace(0, 10, k)
         elif fault.kind == "step":
@@ -84,8 +85,7 @@ def generate(days: int = 14, seed: int = 7, faults: list[Fault] = FAULTS) -> pd.
         elif fault.kind == "stuck":
             first = int(np.flatnonzero(span)[0])
             data[fault.sensor][span] = data[fault.sensor][first - 1]
-    frame = pd.DataFrame({"timestamp": timestamps, **{s: np.round(data[s], 4) for s in SENSORS}})
-    return frame
+    return pd.DataFrame({"timestamp": timestamps, **{s: np.round(data[s], 4) for s in SENSORS}})
 
 
 def write_sample(out: Path, days: int = 14, seed: int = 7) -> list[Path]:

@@ -23,70 +23,37 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-from scipy.signal import lfilter
 
-from pipeline.sample_data import SENSORS
+from pipeline.sample_data import FAULTS, SENSORS, START, Fault, generate
 
 log = logging.getLogger("pipeline.benchmark.throughput")
 
-START = pd.Timestamp("2026-01-01 00:00:00")
 SEED = 11
 TIME_BINARY = "/usr/bin/time"
 
 
-def _lag(signal: np.ndarray, steps: float) -> np.ndarray:
-    """First-order lag with time constant ``steps`` samples (same recurrence as sample_data._lag)."""
-    alpha = 1.0 / steps
-    out, _ = lfilter([alpha], [1.0, alpha - 1.0], signal[1:], zi=[(1.0 - alpha) * signal[0]])
-    return np.concatenate([signal[:1], out])
-
-
 def generate_series(rows: int, normal_rows: int, seed: int = SEED) -> pd.DataFrame:
-    """A vectorised 1-second variant of ``sample_data.generate``: ``timestamp`` + eight sensors.
+    """The sample pump at 1-second steps: ``timestamp`` + eight sensors, ``rows`` rows.
 
-    The first ``normal_rows`` rows are fault-free; four faults (drift, step, spike burst, stuck
-    sensor) are injected at fixed fractions of the rest.
+    The first ``normal_rows`` rows are fault-free; the four fault kinds of the sample data
+    (drift, step, spike burst, stuck sensor) are injected at fixed fractions of the rest.
     """
-    rng = np.random.default_rng(seed)
-    seconds = np.arange(rows, dtype=np.float64)
-    hours = seconds / 3600.0
-    wander = np.cumsum(rng.normal(0, 0.0003, rows))
-    wander -= _lag(wander, 36_000)  # keep the random walk from drifting far
-    load = 0.7 + 0.22 * np.sin(2 * np.pi * (hours - 8) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
-    data = {
-        "vibration_rms": 2.0 + 1.2 * load + rng.normal(0, 0.08, rows),
-        "motor_current": 28 + 42 * load + rng.normal(0, 0.5, rows),
-        "discharge_pressure": 5.8 + 2.6 * load + rng.normal(0, 0.05, rows),
-        "suction_pressure": 1.3 - 0.25 * load + rng.normal(0, 0.02, rows),
-        "bearing_temperature": _lag(44 + 16 * load, 5400) + rng.normal(0, 0.15, rows),
-        "motor_temperature": _lag(52 + 24 * load, 2400) + rng.normal(0, 0.25, rows),
-        "flow_rate": 125 * load + rng.normal(0, 1.5, rows),
-        "speed": 1420 + 110 * load + rng.normal(0, 4, rows),
-    }
     rest = rows - normal_rows
-    if rest > 4 * 3600:
-        span = min(3 * 3600, rest // 8)
+    hours = min(3.0, rest / 8 / 3600)
 
-        def at(fraction: float) -> slice:
-            lo = normal_rows + int(rest * fraction)
-            return slice(lo, lo + span)
+    def at(fraction: float) -> str:
+        return str(START + pd.Timedelta(seconds=normal_rows + int(rest * fraction)))
 
-        drift = at(0.15)
-        data["bearing_temperature"][drift] += np.linspace(0, 10, span)
-        step = at(0.4)
-        data["discharge_pressure"][step] -= 0.8
-        data["flow_rate"][step] *= 0.85
-        burst = at(0.65)
-        data["vibration_rms"][burst] += (rng.random(span) < 0.3) * rng.uniform(2, 5, span)
-        stuck = at(0.9)
-        data["flow_rate"][stuck] = data["flow_rate"][stuck.start - 1]
-    timestamps = START + pd.to_timedelta(seconds.astype(np.int64), unit="s")
-    return pd.DataFrame({"timestamp": timestamps, **{s: np.round(data[s], 4) for s in SENSORS}})
+    faults = [
+        Fault(fault.kind, fault.sensor, at(fraction), hours, fault.description)
+        for fault, fraction in zip(FAULTS, (0.15, 0.4, 0.65, 0.9))
+    ] if rest > 4 * 3600 else []  # fmt: skip
+    frame = generate(days=rows / 86400, seed=seed, faults=faults, step_seconds=1)
+    return frame.iloc[:rows]
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> Path:
