@@ -249,6 +249,8 @@ def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list
     tracker.log_dict(loaded.quality, "quality_report.json")
     tracker.log_artifact(out_dir / "anomalies.csv")
     tracker.log_artifact(plot)
+    if outcome.rows_scored == 0:
+        log.warning("no row has a full window of %d rows before it: every score is empty", bundle.window_size)
     log.info("scored %d rows: %d flagged in %d event(s); report in %s", outcome.rows_in, outcome.rows_flagged, outcome.events, out_dir)
     return outcome
 
