@@ -66,10 +66,16 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
     spikes = (tiny_frame["timestamp"] >= "2026-10-01 20:10") & (tiny_frame["timestamp"] < "2026-10-01 21:00")
     assert np.median(rows.score[spikes.to_numpy()]) > bundle.threshold.value
 
+    short = score_table(bundle.model, bundle.scaler, result.table.iloc[: window - 1], window, bundle.max_gap_seconds, 256)
+    assert np.isnan(short.score).all()  # fewer rows than one window: every score empty, no error
+
     loaded = load_bundle(bundle.save(tmp_path / "bundle"))
     assert loaded.describe() == bundle.describe()
+    assert type(loaded.model).__name__ == "NumpyAutoencoder"  # scoring runs without TensorFlow
     again = score_table(loaded.model, loaded.scaler, result.table, loaded.window_size, loaded.max_gap_seconds, 256)
     np.testing.assert_allclose(again.score, rows.score, rtol=1e-5)
+    with_keras = load_bundle(tmp_path / "bundle", keras_model=True)
+    assert type(with_keras.model).__name__ == "Functional"
 
 
 def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
