@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
-
 TRANSFORM_BLOCK_ROWS = 1 << 16
 
 

@@ -7,16 +7,17 @@ calls; this module decides what is written where and what is logged.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -368,24 +369,18 @@ def run_job(input_dir: Path, out_dir: Path, state_dir: Path, config: PipelineCon
             return RunOutcome(run_id, [name for name, _ in new], trained, scored)
 
 
-class _exclusive_lock:
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
     """An flock on a file in the state folder; the OS releases it if the process dies."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.handle = self.path.open("a+")
+    with path.open("a+") as handle:
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            self.handle.close()
-            raise LockHeldError(f"{self.path}: another run holds the lock; try again later") from None
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.handle, fcntl.LOCK_UN)
-        self.handle.close()
+            raise LockHeldError(f"{path}: another run holds the lock; try again later") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- files

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-
 from typing import Protocol
 
 import numpy as np

@@ -149,3 +149,16 @@ def test_help_on_every_command(tmp_path):
     for command in ([], ["train"], ["score"], ["run"]):
         result = cli(*command, "--help", cwd=tmp_path)
         assert result.returncode == 0 and "usage: anomaly-pipeline" in result.stdout
+
+
+def test_run_exits_3_while_another_run_holds_the_lock(tmp_path, tiny_csv, tracking_uri, capsys):
+    import fcntl
+
+    state = tmp_path / "state"
+    state.mkdir()
+    with (state / "run.lock").open("a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running job would
+        code, _, err = in_process("run", "--input", str(tiny_csv.parent), "--out", str(tmp_path / "out"), "--state", str(state),
+                                  "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    assert code == 3 and "another run holds the lock" in err
+    assert not (tmp_path / "out").exists()
