@@ -281,10 +281,29 @@ def _check_zone(zone: str) -> None:
         raise InputError(f"ingest.source_timezone: unknown time zone '{zone}' ({exc})") from None
 
 
+# Unix time in s, ms, us or ns between 1973 and 2286, told apart by magnitude.
+EPOCH_UNITS = [(1e17, "ns"), (1e14, "us"), (1e11, "ms"), (1e8, "s")]
+EPOCH_NAME_HINTS = ("time", "date", "epoch")
+
+
+def _epoch_unit(values: pd.Series) -> str:
+    magnitude = float(np.nanmedian(np.abs(values.to_numpy(dtype=np.float64))))
+    return next((unit for floor, unit in EPOCH_UNITS if magnitude >= floor), "s")
+
+
+def _is_epoch(values: pd.Series) -> bool:
+    """A numeric column whose values look like Unix time (seconds to nanoseconds since 1970)."""
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values) or values.notna().sum() == 0:
+        return False
+    return float(np.nanmin(np.abs(values.to_numpy(dtype=np.float64)))) >= 1e8
+
+
 def _detect_timestamp_column(source: RawSource) -> str:
     for column in source.frame.columns:
         values = source.frame[column]
         if pd.api.types.is_datetime64_any_dtype(values):
+            return column
+        if any(hint in str(column).lower() for hint in EPOCH_NAME_HINTS) and _is_epoch(values):
             return column
         if pd.api.types.is_string_dtype(values) or values.dtype == object:
             sample = values.dropna().astype(str).head(50)
@@ -408,6 +427,9 @@ def _parse_timestamps(values: pd.Series, name: str, column: str, zone: str) -> t
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
         aware = parsed.dt.tz is not None
+    elif _is_epoch(values):  # Unix time is UTC by definition
+        parsed = pd.to_datetime(values, unit=_epoch_unit(values), utc=True, errors="coerce")
+        aware = True
     else:
         text = values.astype("string").str.strip()
         has_zone = text.str.contains(_TZ_SUFFIX, na=False)

@@ -820,3 +820,16 @@ def test_validate_does_not_change_its_input_frames():
 def test_validate_of_no_sources_is_input_error():
     with pytest.raises(InputError, match="no input files"):
         validate([], IngestConfig())
+
+
+@pytest.mark.parametrize("unit,scale", [("s", 1), ("ms", 1_000)])
+def test_unix_time_column_is_detected_and_read_as_utc(tmp_path, unit, scale):
+    start = 1_767_225_600  # 2026-01-01 00:00:00 UTC
+    path = write(tmp_path, "a.csv", "epoch_time,a\n" + "".join(f"{(start + i) * scale},{i}\n" for i in range(3)))
+
+    returned = ingest([path])
+
+    assert returned.timestamp_column == "epoch_time"
+    expected = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:01", "2026-01-01 00:00:02"], utc=True)
+    assert returned.table["timestamp"].tolist() == expected.tolist()
+    assert returned.sensors == ["a"]
