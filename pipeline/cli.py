@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import DEFAULT_MODEL_NAME, load_config, with_overrides
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 
 log = logging.getLogger("pipeline")
 
@@ -67,7 +67,11 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> None:
-    from pipeline import runner  # heavy imports (TensorFlow, MLflow) only once arguments are good
+    from pipeline import runner  # heavy imports (MLflow, pandas) only once arguments are good
+
+    out = getattr(args, "out", None)
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
 
     if args.command == "score":
         outcome = runner.score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)

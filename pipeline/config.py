@@ -6,11 +6,13 @@ flags override the same settings afterwards (see ``with_overrides``).
 
 from __future__ import annotations
 
+import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import InputError
 
@@ -39,6 +41,16 @@ class TrainingConfig(_Section):
     """Which rows are normal and how they are split."""
 
     normal_until: str | None = None  # rows strictly before this timestamp are normal
+
+    @field_validator("normal_until", mode="before")
+    @classmethod
+    def _timestamp_text(cls, value: Any) -> Any:
+        # YAML reads an unquoted 2026-10-01 12:00:00 as a datetime; keep it as the text it was.
+        if isinstance(value, (date, datetime)):
+            return value.isoformat(sep=" ") if isinstance(value, datetime) else value.isoformat()
+        if isinstance(value, str) and not re.search(r"\d{4}-\d{2}-\d{2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}", value):
+            raise ValueError("must be a timestamp with a date, e.g. '2026-10-10 00:00:00'")
+        return value
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # last part of normal rows, for calibration
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # last part of the rest, for early stopping
 

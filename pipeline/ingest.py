@@ -42,6 +42,7 @@ LABEL_LIKE_NAMES = {"anomaly", "anomalies", "label", "labels", "is_anomaly", "ch
 NULL_MARKERS = ["", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "#N/A", "-nan"]
 _TZ_SUFFIX = re.compile(r"(?:Z|[+-]\d{2}:?\d{2})$")
 STREAM_BLOCK_BYTES = 8 << 20
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 # A text column counts as a sensor column when at least this share of its values are numbers.
 NUMERIC_SHARE = 0.9
 # A text column counts as the timestamp column when more than this share of its values parse as
@@ -143,7 +144,10 @@ def read_source(name: str, path: Path, config: IngestConfig) -> RawSource:
         raise InputError(f"{path}: cannot be read as {'Parquet' if path.suffix.lower() in PARQUET_SUFFIXES else 'CSV'}: {message}") from None
     if table.num_rows == 0:
         raise InputError(f"{path}: no data rows (header only)")
-    frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    try:
+        frame = table.to_pandas(split_blocks=True, self_destruct=True)
+    except (pa.ArrowException, UnicodeDecodeError) as exc:  # e.g. a Latin-1 header: not UTF-8
+        raise InputError(f"{path}: cannot be read: {str(exc).splitlines()[0]} (save the file as UTF-8)") from None
     # A Parquet file written from a frame indexed by time keeps that index as pandas metadata;
     # make it a column again, or the timestamp column would not be found.
     if not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None:
@@ -224,7 +228,7 @@ def validate(
     sensors = list(sensors or config.sensors or _detect_sensors(first, ts_col, config))
     first_name = first.name
     parts, rejected_parts, ignored = [], [], set()
-    counts = {"rows_in": 0, "unparseable_timestamp": 0, "unparseable_value": 0, "unparseable_label": 0, "ambiguous_time": 0}
+    counts = {"rows_in": 0, "unparseable_timestamp": 0, "unparseable_value": 0, "unparseable_label": 0, "out_of_range_value": 0, "ambiguous_time": 0}
     source = first
     del first
     while source is not None:
@@ -378,6 +382,12 @@ def _normalise(
             counts["unparseable_value"] += int(bad_rows.sum())
             texts = frame[column].astype(str)
             reasons[bad_rows] = "unparseable value '" + texts[bad_rows].str.slice(0, 40) + f"' in column '{column}'"
+        # inf, or a number too large to score in float32, would poison the row's window silently.
+        huge = (np.abs(values) > FLOAT32_MAX) & reasons.isna().to_numpy()
+        if huge.any():
+            counts["out_of_range_value"] += int(huge.sum())
+            texts = frame[column].astype(str)
+            reasons[huge] = "out-of-range value '" + texts[huge].str.slice(0, 40) + f"' in column '{column}'"
     if config.label_column:
         labels, bad = _to_float(frame[config.label_column], config.decimal)
         columns["label"] = labels

@@ -212,7 +212,9 @@ def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, 
 def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list[tuple[str, Path]], out_dir: Path, run_id: str) -> ScoreOutcome:
     tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
     tracker.log_text(to_yaml(bundle.config), "config.yaml")
-    loaded = load_input(files, bundle.config, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    # Data to score needs no label, even when the model was trained on labelled rows.
+    reading = bundle.config.model_copy(update={"ingest": bundle.config.ingest.model_copy(update={"label_column": None})})
+    loaded = load_input(files, reading, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
     tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "model_version": version})
     rows, event, events = _score_events(bundle, loaded, version, run_id)
 
@@ -401,6 +403,9 @@ def _replace(tmp: Path, path: Path, handle) -> None:
     handle.flush()
     os.fsync(handle.fileno())
     handle.close()
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # temporary files are owner-only; reports are for readers too
     os.replace(tmp, path)
 
 

@@ -132,9 +132,13 @@ class Tracker:
     def latest_version(self, model_name: str) -> tuple[str, str] | None:
         """(version, run id) of the newest registered version of ``model_name``, or None."""
         try:
-            versions = self.client.search_model_versions(f"name = '{model_name}'")
-        except MlflowException:
-            return None
+            self.client.get_registered_model(model_name)
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise  # a store error is not "no model": never retrain or fail as if there were none
+        quote = '"' if "'" in model_name else "'"
+        versions = self.client.search_model_versions(f"name = {quote}{model_name}{quote}")
         if not versions:
             return None
         newest = max(versions, key=lambda v: int(v.version))

@@ -162,3 +162,18 @@ def test_run_exits_3_while_another_run_holds_the_lock(tmp_path, tiny_csv, tracki
                                   "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
     assert code == 3 and "another run holds the lock" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_model_trained_on_labels_scores_unlabelled_data(tmp_path, tiny_frame, tracking_uri, capsys):
+    labelled = tiny_frame.assign(anomaly=(tiny_frame["timestamp"] >= TINY_NORMAL_UNTIL).astype(int))
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    tiny_frame.to_csv(tmp_path / "live.csv", index=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("features: {window_size: 8}\nmodel: {filters: [8], latent_dim: 4, epochs: 1}\n")
+    code, _, err = in_process("train", "--input", str(tmp_path / "labelled.csv"), "--label-column", "anomaly", "--config", str(config),
+                              "--model-name", "pump's", "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    code, out, err = in_process("score", "--input", str(tmp_path / "live.csv"), "--out", str(tmp_path / "out"), "--model-name", "pump's",
+                                "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    assert code == 0, err
+    assert "model version 1" in out and len(pd.read_csv(tmp_path / "out" / "scores.csv")) == len(tiny_frame)

@@ -49,3 +49,12 @@ def test_yaml_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(to_yaml(PipelineConfig()))
     assert load_config(path) == PipelineConfig()
+
+
+def test_normal_until_accepts_an_unquoted_yaml_datetime_and_refuses_a_bare_time(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  normal_until: 2026-10-01 12:00:00\n")
+    assert load_config(path).training.normal_until == "2026-10-01 12:00:00"
+    path.write_text("training:\n  normal_until: '12:00'\n")
+    with pytest.raises(InputError, match="training.normal_until.*with a date"):
+        load_config(path)

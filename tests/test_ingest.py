@@ -833,3 +833,23 @@ def test_unix_time_column_is_detected_and_read_as_utc(tmp_path, unit, scale):
     expected = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:01", "2026-01-01 00:00:02"], utc=True)
     assert returned.table["timestamp"].tolist() == expected.tolist()
     assert returned.sensors == ["a"]
+
+
+def test_infinite_or_huge_value_is_set_aside_not_scored(tmp_path):
+    path = write(tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,inf,4", "2024-01-01 00:00:02,1e300,6", "2024-01-01 00:00:03,7,8"))
+
+    returned = ingest([path])
+
+    assert status_of(returned, 1) == "out-of-range value 'inf' in column 'a'"
+    assert status_of(returned, 2) == "out-of-range value '1e+300' in column 'a'"
+    assert returned.counts["out_of_range_value"] == 2
+    assert returned.table["a"].tolist() == [1.0, 7.0]
+    assert_rows_add_up(returned)
+
+
+def test_header_that_is_not_utf8_is_a_clear_error(tmp_path):
+    path = write(tmp_path, "a.csv", "timestamp,temp_\xb0C\n2024-01-01 00:00:00,1\n".encode("latin-1"))
+
+    with pytest.raises(InputError, match=r"a\.csv: cannot be read.*UTF-8") as info:
+        ingest([path])
+    assert one_line(str(info.value))

@@ -81,3 +81,19 @@ def test_scores_table_keeps_every_input_row_in_order():
     assert row["peak_score"] == 4.0 and row["mean_score"] == 3.5
     assert row["top_sensors"].startswith("a (88%)")
     assert (row["model_version"], row["run_id"]) == ("7", "run1")
+
+
+def test_reports_are_written_readable_by_others(tmp_path):
+    import os
+
+    import pyarrow as pa
+
+    from pipeline.runner import write_csv_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_csv_atomic(pa.table({"a": [1]}), tmp_path / "r.csv")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o644)
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
