@@ -271,6 +271,13 @@ def validate(
     )
 
 
+def iso_utc(timestamps: pd.Series) -> pd.Series:
+    """UTC timestamps as ISO 8601 text: whole seconds '2026-01-31T12:00:00Z', else with ms or µs."""
+    micro = timestamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%f")
+    text = micro.str.replace(r"\.000000$", "", regex=True).str.replace(r"(\.\d{3})000$", r"\1", regex=True)
+    return text + "Z"
+
+
 def _check_header(source: RawSource) -> None:
     # Two columns of one name would make every later lookup return a frame, not a column.
     repeated = source.frame.columns[source.frame.columns.duplicated()]
@@ -403,7 +410,8 @@ def _normalise(
         {
             "source": source.name,
             "row": part["row"][rejected_mask],
-            "timestamp": raw_ts[rejected_mask].astype(str),
+            # As in scores.csv (UTC ISO 8601) where it parsed, else the text as read.
+            "timestamp": iso_utc(timestamps[rejected_mask]).fillna(raw_ts[rejected_mask].astype(str)),
             "status": reasons[rejected_mask].astype(str),
         }
     )
@@ -483,7 +491,7 @@ def _drop_duplicates(table: pd.DataFrame, sensors: list[str]) -> tuple[pd.DataFr
                 {
                     "source": duplicates["source"],
                     "row": duplicates["row"],
-                    "timestamp": duplicates["timestamp"].astype(str),
+                    "timestamp": iso_utc(duplicates["timestamp"]),
                     "status": "duplicate of " + first_source[exact_in] + " row " + (first_row[exact_in] + 1).astype(str),
                 }
             ),
@@ -491,7 +499,7 @@ def _drop_duplicates(table: pd.DataFrame, sensors: list[str]) -> tuple[pd.DataFr
                 {
                     "source": conflicting["source"],
                     "row": conflicting["row"],
-                    "timestamp": conflicting["timestamp"].astype(str),
+                    "timestamp": iso_utc(conflicting["timestamp"]),
                     "status": "conflicting timestamp: other rows have the same time with different values",
                 }
             ),
@@ -566,7 +574,7 @@ def _repair_missing(
         {
             "source": gone["source"],
             "row": gone["row"],
-            "timestamp": gone["timestamp"].astype(str),
+            "timestamp": iso_utc(gone["timestamp"]),
             "status": reasons[too_long],
         }
     )

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+MAX_PANELS = 8
 MAX_POINTS = 20_000  # per source; longer series are reduced to bin maxima so peaks survive
 
 
@@ -25,8 +26,15 @@ def _peak_preserving(timestamps: np.ndarray, score: np.ndarray) -> tuple[np.ndar
 def score_plot(
     timestamps: pd.Series, sources: pd.Series, score: np.ndarray, threshold: float, events: pd.DataFrame, path: Path
 ) -> Path:
-    """Score over time per source, the threshold line and flagged events shaded."""
+    """Score over time per source, the threshold line and flagged events shaded.
+
+    Up to ``MAX_PANELS`` sources get a panel each; more are drawn as one series in one panel
+    (hundreds of small files would otherwise make a picture nobody can read).
+    """
     codes, names = pd.factorize(sources)  # in order of appearance, without a Python object per row
+    if len(names) > MAX_PANELS:
+        codes, names = np.zeros(len(codes), dtype=np.int64), pd.Index([f"{len(names)} sources"])
+        events = events.assign(source=names[0])
     # Naive UTC datetime64 rather than an object array of tz-aware Timestamps (millions of rows).
     times = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy() if timestamps.dt.tz is not None else timestamps.to_numpy()
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names) + 0.6), squeeze=False, sharey=True)

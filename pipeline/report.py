@@ -124,8 +124,11 @@ def _utc_nanoseconds(timestamps: pd.Series) -> np.ndarray:
 
 
 def _text_unit(nanoseconds: np.ndarray) -> str:
-    """'s' when every timestamp is a whole second, else 'ms' (decided once for a whole table)."""
-    return "s" if not np.any(nanoseconds % 1_000_000_000) else "ms"
+    """The coarsest of 's', 'ms', 'us' that shows every timestamp exactly (once for a whole table)."""
+    for unit, step in (("s", 1_000_000_000), ("ms", 1_000_000)):
+        if not np.any(nanoseconds % step):
+            return unit
+    return "us"
 
 
 def _format_nanoseconds(nanoseconds: np.ndarray, unit: str) -> pa.Array:

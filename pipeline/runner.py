@@ -253,7 +253,11 @@ def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list
     tracker.log_artifact(out_dir / "anomalies.csv")
     tracker.log_artifact(plot)
     if outcome.rows_scored == 0:
-        log.warning("no row has a full window of %d rows before it: every score is empty", bundle.window_size)
+        log.warning(
+            "no row has a full window of %d rows without a gap longer than %.0f s: every score is empty "
+            "(the model was trained on data sampled every %.0f s)",
+            bundle.window_size, bundle.max_gap_seconds, bundle.sampling_interval_seconds,
+        )  # fmt: skip
     log.info("scored %d rows: %d flagged in %d event(s); report in %s", outcome.rows_in, outcome.rows_flagged, outcome.events, out_dir)
     return outcome
 

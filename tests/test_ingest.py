@@ -460,7 +460,7 @@ def test_text_in_a_numeric_column_quarantines_the_row(tmp_path):
     assert returned.sensors == ["a", "b"]
     assert status_of(returned, 3) == "unparseable value 'x' in column 'a'"
     assert returned.rejected.iloc[0]["source"] == "a.csv"
-    assert returned.rejected.iloc[0]["timestamp"] == "2024-01-01 00:00:03"
+    assert returned.rejected.iloc[0]["timestamp"] == "2024-01-01T00:00:03Z"  # UTC ISO, as scored rows
     assert returned.counts["unparseable_value"] == 1
     assert returned.counts["rows_quarantined"] == 1
     assert 3 not in returned.table["row"].tolist()
