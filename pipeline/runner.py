@@ -12,7 +12,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -267,11 +266,8 @@ def _load_registered(tracker: Tracker, model_name: str) -> tuple[ModelBundle, st
     if latest is None:
         raise InputError(f"no registered model named '{model_name}' in {tracker.uri}: run 'anomaly-pipeline train' first")
     version, run_id = latest
-    folder = tracker.download_bundle(run_id)
-    try:
+    with tracker.downloaded_bundle(run_id) as folder:
         return load_bundle(folder), version
-    finally:
-        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def score_job(inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None) -> ScoreOutcome:

@@ -144,8 +144,8 @@ class Tracker:
         newest = max(versions, key=lambda v: int(v.version))
         return str(newest.version), newest.run_id
 
-    def download_bundle(self, run_id: str) -> Path:
-        """Copy a run's bundle folder to a fresh temporary folder and return its path."""
-        target = Path(tempfile.mkdtemp(prefix="bundle-"))
-        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT_PATH, dst_path=str(target))
-        return Path(path)
+    @contextlib.contextmanager
+    def downloaded_bundle(self, run_id: str) -> Iterator[Path]:
+        """A run's bundle folder, copied to a temporary folder that is removed afterwards."""
+        with tempfile.TemporaryDirectory(prefix="bundle-") as target:
+            yield Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT_PATH, dst_path=target))
