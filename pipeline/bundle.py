@@ -46,6 +46,12 @@ class ModelBundle:
     def window_size(self) -> int:
         return self.config.features.window_size
 
+    @property
+    def context_rows(self) -> int:
+        """Rows before a batch that its first row's score depends on (kept between scheduled
+        batches, so cutting a series into files changes no score)."""
+        return self.window_size - 1
+
     def describe(self) -> dict[str, Any]:
         """Everything but the Keras model, as JSON-ready data."""
         return {

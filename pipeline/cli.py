@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
     run.add_argument("--input", required=True, metavar="DIR", help="folder of CSV/Parquet files")
     run.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
-    run.add_argument("--state", default="data/state", metavar="DIR", help="bookkeeping and lock (default: data/state)")
+    run.add_argument("--state", default="data/state", metavar="DIR", help="bookkeeping, quarantine list and lock (default: data/state)")
+    run.add_argument("--retrain", action="store_true", help="train a new model version first, even if one exists")
+    run.add_argument("--dry-run", action="store_true", help="list what would be processed; write nothing")
     _common(run)
     return parser
 
@@ -66,7 +68,7 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
-def _dispatch(args: argparse.Namespace) -> None:
+def _dispatch(args: argparse.Namespace) -> int:
     from pipeline import runner  # heavy imports (MLflow, pandas) only once arguments are good
 
     out = getattr(args, "out", None)
@@ -90,14 +92,40 @@ def _dispatch(args: argparse.Namespace) -> None:
         outcome = runner.train_job(args.input, config, args.model_name, args.tracking_uri)
         print(f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})")
     else:
-        outcome = runner.run_job(Path(args.input), Path(args.out), Path(args.state), config, args.model_name, args.tracking_uri)
-        if outcome.trained:
-            print(f"trained {args.model_name} version {outcome.trained.model_version}: threshold {outcome.trained.threshold:.6g}")
-        if outcome.scored:
-            _print_score(outcome.scored)
-        else:
-            print(f"nothing new in {args.input}")
+        outcome = runner.run_job(
+            Path(args.input), Path(args.out), Path(args.state), config, args.model_name, args.tracking_uri,
+            config_given=args.config is not None, retrain=args.retrain, dry_run=args.dry_run,
+        )  # fmt: skip
+        code = _print_run(outcome, args)
+        if code:
+            return code
     print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+    return 0
+
+
+def _print_run(outcome, args: argparse.Namespace) -> int:
+    """Print what a scheduled run did; 2 when it quarantined a file (the scheduler should alert)."""
+    if outcome.dry_run:
+        print(f"dry run: nothing written; model: {outcome.model_version}")
+        for c in outcome.candidates:
+            action = {"new": "would process", "appended": "would process new rows of", "processed": "skip (processed)",
+                      "quarantined": "skip (quarantined)", "changed": "would quarantine"}[c.kind]  # fmt: skip
+            print(f"  {action}: {c.name}" + (f" ({c.note})" if c.note else ""))
+        return 0
+    if outcome.trained:
+        print(f"trained {args.model_name} version {outcome.trained.model_version}: threshold {outcome.trained.threshold:.6g}")
+    if outcome.folder is not None:
+        print(
+            f"processed {len(outcome.processed)} file(s), {outcome.rows_in} new rows, with model version {outcome.model_version}: "
+            f"{outcome.rows_written} rows written ({outcome.rows_held} held back until the next batch decides their flag), "
+            f"{outcome.rows_flagged} flagged, {outcome.events} event(s) touched\n"
+            f"report: {outcome.folder} (all events so far: {Path(args.out) / 'anomalies.csv'})"
+        )
+    elif not outcome.quarantined:
+        print(f"nothing new in {args.input}")
+    for name, reason in outcome.quarantined:
+        print(f"error: quarantined {name}: {reason}", file=sys.stderr)
+    return 2 if outcome.quarantined else 0
 
 
 def _print_score(outcome) -> None:
@@ -120,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # CPU machines: skip the failing GPU probe
     try:
-        _dispatch(args)
+        code = _dispatch(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -131,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         log.debug("unexpected failure", exc_info=True)
         print(f"error: unexpected failure: {type(exc).__name__}: {exc} (run with --verbose for the traceback)", file=sys.stderr)
         return 1
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

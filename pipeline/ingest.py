@@ -57,6 +57,7 @@ class RawSource:
     name: str
     frame: pd.DataFrame
     digest: str
+    row_offset: int = 0  # file row of the frame's first row (the new rows of an appended file)
 
 
 @dataclass
@@ -380,7 +381,7 @@ def _normalise(
     counts["unparseable_timestamp"] += int((reasons == "unparseable timestamp").sum())
     counts["ambiguous_time"] += int(reasons.notna().sum()) - int((reasons == "unparseable timestamp").sum())
 
-    columns = {"source": source.name, "row": np.arange(n, dtype=np.int64), "timestamp": timestamps}
+    columns = {"source": source.name, "row": np.arange(n, dtype=np.int64) + source.row_offset, "timestamp": timestamps}
     for column in sensors:
         values, bad = _to_float(frame[column], config.decimal)
         columns[column] = values

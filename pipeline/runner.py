@@ -31,16 +31,31 @@ from pipeline.calibrate import calibrate_threshold
 from pipeline.config import PipelineConfig, to_yaml
 from pipeline.errors import InputError, LockHeldError
 from pipeline.features import fit_scaler, segment_ids, window_starts
-from pipeline.ingest import IngestResult, discover_files, file_digest, read_source, validate
+from pipeline.ingest import IngestResult, RawSource, discover_files, iso_utc, read_source, validate
 from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
-from pipeline.report import assign_events, scores_batches, scores_schema, summarise_events
-from pipeline.score import reconstruction_errors, score_table
+from pipeline.report import EVENT_COLUMNS, assign_events, scores_batches, scores_schema, summarise_events
+from pipeline.score import RowScores, reconstruction_errors, score_table
+from pipeline.state import (
+    LOCK_FILE,
+    PARTIAL_PREFIX,
+    Candidate,
+    FileRecord,
+    Quarantined,
+    RunState,
+    checkpoint,
+    classify,
+    load_state,
+    now_iso,
+    publish_folder,
+    recover_outputs,
+    run_folder_name,
+    save_state,
+)
+from pipeline.stream import Carry, decide_events, empty_pending, event_stats, events_frame, global_segments, iso_ns
 from pipeline.tracking import Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "processed.json"
-LOCK_FILE = "run.lock"
 
 
 # ---------------------------------------------------------------- ingest
@@ -335,40 +350,378 @@ def train_job(inputs: list[str | Path], config: PipelineConfig, model_name: str,
 
 @dataclass
 class RunOutcome:
-    run_id: str
-    new_files: list[str]
+    """What one scheduled run did; ``folder`` is None when it wrote no outputs."""
+
+    run_id: str | None
+    folder: Path | None
+    candidates: list[Candidate]
+    quarantined: list[tuple[str, str]]  # (file, reason) quarantined by this run
     trained: TrainOutcome | None
-    scored: ScoreOutcome | None
+    model_version: str | None = None
+    rows_in: int = 0
+    rows_written: int = 0
+    rows_held: int = 0
+    rows_flagged: int = 0
+    events: int = 0
+    dry_run: bool = False
+
+    @property
+    def processed(self) -> list[Candidate]:
+        bad = {name for name, _ in self.quarantined}
+        return [c for c in self.candidates if c.kind in ("new", "appended") and c.name not in bad]
 
 
-def run_job(input_dir: Path, out_dir: Path, state_dir: Path, config: PipelineConfig, model_name: str, tracking_uri: str | None) -> RunOutcome:
-    """Process the files of ``input_dir`` not processed before: train first if no model exists."""
+def run_job(
+    input_dir: Path,
+    out_dir: Path,
+    state_dir: Path,
+    config: PipelineConfig,
+    model_name: str,
+    tracking_uri: str | None,
+    config_given: bool = True,
+    retrain: bool = False,
+    dry_run: bool = False,
+) -> RunOutcome:
+    """The scheduled batch: process what is new in ``input_dir`` exactly once (see ``pipeline.state``).
+
+    Trains first when no model of that name exists, or with ``retrain``. Reading settings
+    (``ingest``) and event settings (``events``) come from ``config`` when ``config_given``, else
+    from the model's training config; sensors, timestamp column, window, gap rule, scaler and
+    threshold are fixed by the model.
+    """
+    if dry_run:
+        return _dry_run(input_dir, state_dir, model_name, tracking_uri, retrain)
     state_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive_lock(state_dir / LOCK_FILE):
-        state_path = state_dir / STATE_FILE
-        processed = json.loads(state_path.read_text()) if state_path.exists() else {}
+        checkpoint("locked")
+        state = load_state(state_dir)
+        recover_outputs(out_dir, state.runs)
+        if state.runs:  # a run killed after committing may not have refreshed it
+            rebuild_cumulative_anomalies(out_dir, state.runs)
         tracker = Tracker(tracking_uri, model_name)
+        tracker.end_stale_runs()
+        candidates = classify(_input_files(input_dir), state)
+        todo = [c for c in candidates if c.kind in ("new", "appended", "changed")]
+        for c in candidates:
+            if c.kind == "quarantined":
+                log.info("%s: still quarantined (content unchanged): %s", c.name, c.note)
+        if not todo and not retrain:
+            log.info("nothing new in %s", input_dir)
+            return RunOutcome(None, None, candidates, [], None)
         with tracker.run("run", run_name=f"run {model_name} {input_dir.name}", tags={"model_name": model_name}) as run_id:
-            files = discover_files([input_dir])
-            digests = {name: file_digest(path) for name, path in files}
-            new = [(name, path) for name, path in files if digests[name] not in processed]
-            tracker.log_metrics({"files_seen": len(files), "files_new": len(new)})
-            if not new:
-                log.info("nothing new in %s", input_dir)
-                return RunOutcome(run_id, [], None, None)
-            trained = None
-            if tracker.latest_version(model_name) is None:
-                with tracker.run("train", run_name=f"train {model_name} {input_dir.name}", tags={"model_name": model_name}, nested=True) as train_id:
-                    trained = _train_into(tracker, new, config, model_name, train_id)
-            with tracker.run("score", run_name=f"score {model_name} {input_dir.name}", tags={"model_name": model_name}, nested=True) as score_id:
-                bundle, version = _load_registered(tracker, model_name)
-                scored = _score_into(tracker, bundle, version, new, out_dir, score_id)
-            tracker.set_tags({"model_version": version, "input_digest": inputs_digest({n: digests[n] for n, _ in new})})
-            tracker.log_metrics({"rows_in": scored.rows_in, "rows_flagged": scored.rows_flagged, "events": scored.events})
-            now = datetime.now(timezone.utc).isoformat()
-            processed.update({digests[name]: {"source": name, "processed_at": now, "run_id": run_id} for name, _ in new})
-            write_text_atomic(json.dumps(processed, indent=2), state_path)
-            return RunOutcome(run_id, [name for name, _ in new], trained, scored)
+            return _run_into(tracker, run_id, candidates, state, input_dir, out_dir, state_dir, config, config_given, model_name, retrain)
+
+
+def _input_files(input_dir: Path) -> list[tuple[str, Path]]:
+    if not input_dir.is_dir():
+        raise InputError(f"--input {input_dir}: not a folder")
+    try:
+        return discover_files([input_dir])
+    except InputError:  # an empty landing folder is not an error for a scheduled job
+        return []
+
+
+def _dry_run(input_dir: Path, state_dir: Path, model_name: str, tracking_uri: str | None, retrain: bool) -> RunOutcome:
+    """What a run would do, without taking the lock or writing anything under --out or --state."""
+    state = load_state(state_dir, clean=False)
+    candidates = classify(_input_files(input_dir), state)
+    trains = retrain or Tracker(tracking_uri, model_name).latest_version(model_name) is None
+    outcome = RunOutcome(None, None, candidates, [], None, dry_run=True)
+    outcome.model_version = "new (would train)" if trains else "current"
+    return outcome
+
+
+def _run_into(
+    tracker: Tracker,
+    run_id: str,
+    candidates: list[Candidate],
+    state: RunState,
+    input_dir: Path,
+    out_dir: Path,
+    state_dir: Path,
+    config: PipelineConfig,
+    config_given: bool,
+    model_name: str,
+    retrain: bool,
+) -> RunOutcome:
+    quarantined: list[tuple[str, str]] = []
+    for c in candidates:
+        if c.kind == "changed":
+            quarantined.append((c.name, c.note))
+    tracker.log_metrics({"files_seen": len(candidates), **{f"files_{k}": sum(c.kind == k for c in candidates) for k in ("new", "appended", "changed")}})
+
+    # The model: trained first when there is none (or on --retrain), on every readable file.
+    trained = None
+    latest = None if retrain else tracker.latest_version(model_name)
+    reading = config if (config_given or latest is None) else None
+    bundle = version = None
+    if latest is not None:
+        bundle, version = _load_registered(tracker, model_name)
+        reading = _reading_config(config if config_given else bundle.config, bundle.config)
+
+    # Read the new content file by file: a file that cannot be read is quarantined, not fatal.
+    sources: dict[str, RawSource] = {}
+    ingest_config = (reading or config).ingest
+    for c in candidates:
+        if c.kind not in ("new", "appended"):
+            continue
+        try:
+            raw = read_source(c.name, c.path, ingest_config)
+        except InputError as exc:
+            quarantined.append((c.name, str(exc)))
+            continue
+        if c.skip_rows:
+            raw = RawSource(c.name, raw.frame.iloc[c.skip_rows :].reset_index(drop=True), raw.digest, row_offset=c.skip_rows)
+        sources[c.name] = raw
+
+    if latest is None:
+        train_files = [(c.name, c.path) for c in candidates if c.kind == "processed" or c.name in sources]
+        if not train_files:
+            raise InputError(f"{input_dir}: no readable file to train on ({'; '.join(r for _, r in quarantined)})")
+        with tracker.run("train", run_name=f"train {model_name} {input_dir.name}", tags={"model_name": model_name}, nested=True) as train_id:
+            trained = _train_into(tracker, train_files, config, model_name, train_id)
+        checkpoint("after_train")
+        bundle, version = _load_registered(tracker, model_name)
+        reading = _reading_config(config, bundle.config)
+    assert bundle is not None and version is not None and reading is not None
+
+    result = _validate_batch(list(sources.values()), reading, bundle, quarantined)
+    carry = _load_carry(state, bundle)
+    batch = score_batch(bundle, reading, result, carry, version, run_id) if result is not None else None
+    if batch is None and not quarantined:
+        tracker.set_tags({"model_version": version})
+        return RunOutcome(run_id, None, candidates, quarantined, trained, model_version=version)
+
+    # Outputs first, in a partial folder renamed into place; then the state; then the summary.
+    folder = None
+    if batch is not None:
+        folder = out_dir / run_folder_name(run_id)
+        partial = out_dir / f"{PARTIAL_PREFIX}{run_id}"
+        partial.mkdir(parents=True, exist_ok=True)
+        write_csv_batches_atomic(batch.scores, batch.scores_schema, partial / "scores.csv")
+        checkpoint("mid_outputs")
+        write_csv_atomic(pa.Table.from_pandas(batch.events, preserve_index=False), partial / "anomalies.csv")
+        write_text_atomic(json.dumps(batch.quality, indent=2), partial / "quality.json")
+        manifest = {
+            "run_id": run_id,
+            "model_name": model_name,
+            "model_version": version,
+            "threshold": bundle.threshold.value,
+            "files": {c.name: {"kind": c.kind, "from_row": c.skip_rows, "digest": c.digest} for c in candidates if c.name in sources},
+            "quarantined_files": dict(quarantined),
+            "rows": batch.counts,
+        }
+        write_text_atomic(json.dumps(manifest, indent=2), partial / "run.json")
+        publish_folder(partial, folder)
+        checkpoint("after_outputs")
+
+    now = now_iso()
+    for c in candidates:
+        if c.name in sources and c.name not in dict(quarantined):
+            total_rows = c.skip_rows + len(sources[c.name].frame)
+            state.files[c.name] = FileRecord(c.digest, c.size, total_rows, folder.name if folder else "", now)
+            state.quarantined.pop(c.name, None)
+    digests = {c.name: c.digest for c in candidates}
+    for name, reason in quarantined:
+        state.quarantined[name] = Quarantined(digests[name], reason, now, run_id)
+        log.error("%s: quarantined: %s", name, reason)
+    if batch is not None:
+        state.carry = batch.carry.to_dict()
+        state.runs.append(folder.name)
+    save_state(state, state_dir)
+    checkpoint("after_state")
+    if folder is not None:
+        rebuild_cumulative_anomalies(out_dir, state.runs)
+
+    tracker.set_tags({"model_version": version, "input_digest": inputs_digest({n: d for n, d in digests.items() if n in sources})})
+    if quarantined:
+        tracker.set_tags({"quarantined_files": ", ".join(name for name, _ in quarantined)[:5000]})
+    outcome = RunOutcome(run_id, folder, candidates, quarantined, trained, model_version=version)
+    if batch is not None:
+        outcome.rows_in, outcome.rows_written, outcome.rows_held = batch.counts["rows_in"], batch.rows_written, batch.rows_held
+        outcome.rows_flagged, outcome.events = batch.rows_flagged, len(batch.events)
+        tracker.log_params({"model_version": version, "inputs": ", ".join(sources)[:6000], **{f"run.{k}": v for k, v in reading.flat().items() if k.split(".")[0] in ("ingest", "events")}})
+        tracker.log_metrics(
+            {
+                "rows_in": outcome.rows_in, "rows_written": outcome.rows_written, "rows_held_back": outcome.rows_held,
+                "rows_flagged": outcome.rows_flagged, "events": outcome.events, "files_quarantined": len(quarantined),
+                "threshold": bundle.threshold.value, **quality_figures(batch.quality),
+            }
+        )  # fmt: skip
+        tracker.log_artifact(folder / "anomalies.csv")
+        tracker.log_artifact(folder / "run.json")
+    return outcome
+
+
+def _reading_config(run_config: PipelineConfig, model_config: PipelineConfig) -> PipelineConfig:
+    """The model's config with the reading and event settings of the run's config.
+
+    Reading (delimiter, decimal, time zone, repairs) and the event policy may change between
+    runs; what the model learned (sensors, window, gap rule, scaler, threshold) may not. Data to
+    score needs no label column.
+    """
+    ingest = run_config.ingest.model_copy(update={"label_column": None})
+    return model_config.model_copy(update={"ingest": ingest, "events": run_config.events, "scoring": run_config.scoring})
+
+
+def _validate_batch(sources: list[RawSource], reading: PipelineConfig, bundle: ModelBundle, quarantined: list[tuple[str, str]]) -> IngestResult | None:
+    """Validate the batch's files together (one stream); a file that fails alone is quarantined."""
+    if not sources:
+        return None
+    try:
+        return validate(sources, reading.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    except InputError:
+        pass
+    good = []
+    for source in sources:
+        try:
+            validate([source], reading.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+            good.append(source)
+        except InputError as exc:
+            quarantined.append((source.name, str(exc)))
+    if not good:
+        return None
+    return validate(good, reading.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+
+
+def _load_carry(state: RunState, bundle: ModelBundle) -> Carry:
+    if state.carry is None:
+        return Carry.empty(bundle.sensors)
+    carry = Carry.from_dict(state.carry)
+    if carry.sensors != bundle.sensors:  # a model on other sensors: the stream starts afresh
+        log.warning("the model's sensors differ from the stream's so far: no context carried into this batch")
+        fresh = Carry.empty(bundle.sensors)
+        fresh.next_event_id, fresh.last_segment, fresh.last_timestamp_ns = carry.next_event_id, carry.last_segment, carry.last_timestamp_ns
+        return fresh
+    return carry
+
+
+@dataclass
+class BatchResult:
+    scores: Iterable[pa.RecordBatch]
+    scores_schema: pa.Schema
+    events: pd.DataFrame
+    quality: dict[str, Any]
+    counts: dict[str, int]
+    carry: Carry
+    rows_written: int
+    rows_held: int
+    rows_flagged: int
+
+
+def score_batch(bundle: ModelBundle, reading: PipelineConfig, result: IngestResult, carry: Carry, version: str, run_id: str) -> BatchResult:
+    """Score one batch of a stream after the rows ``carry`` holds; pure apart from logging.
+
+    Rows at or before the last processed time are set aside as late (their neighbours were
+    already scored); the context rows give the first rows their full windows; held-back rows of
+    the previous batch are decided with this one.
+    """
+    sensors = bundle.sensors
+    table, rejected = result.table, result.rejected
+    counts = dict(result.counts)
+    counts["late_rows"] = 0
+    if carry.last_timestamp_ns is not None and len(table):
+        late = (table["timestamp"].dt.as_unit("ns").array.asi8 <= carry.last_timestamp_ns)
+        if late.any():
+            last = iso_ns(carry.last_timestamp_ns)
+            gone = table[late]
+            rejected = pd.concat(
+                [rejected, pd.DataFrame({"source": gone["source"], "row": gone["row"], "timestamp": iso_utc(gone["timestamp"]),
+                                         "status": f"late row: not after the last processed time {last}"})],
+                ignore_index=True,
+            )  # fmt: skip
+            table = table[~late].reset_index(drop=True)
+            counts["late_rows"] = int(late.sum())
+            counts["rows_clean"] -= counts["late_rows"]
+            counts["rows_quarantined"] += counts["late_rows"]
+            log.warning("%d row(s) at or before the last processed time %s set aside as late", counts["late_rows"], last)
+    checked = IngestResult(table=table, rejected=rejected, sensors=sensors, timestamp_column=result.timestamp_column, counts=counts,
+                           filled_values=result.filled_values, missing_values=result.missing_values, ignored_columns=result.ignored_columns)  # fmt: skip
+    quality = quality_report(checked, reading.ingest.flatline_rows) if len(table) else {"rows": counts, "sources": sorted(set(rejected["source"]))}
+
+    # Scores: the context rows in front give the batch's first rows their full windows.
+    context = carry.context
+    n_ctx = len(context)
+    ext = pd.concat([context, table[["timestamp", *sensors]]], ignore_index=True) if n_ctx else table[["timestamp", *sensors]]
+    scored = score_table(bundle.model, bundle.scaler, ext, bundle.window_size, bundle.max_gap_seconds, reading.scoring.batch_size, progress=True)
+    segment = global_segments(scored.segment, n_ctx, carry.last_segment)
+    score = scored.score[n_ctx:]
+    contributions = scored.contributions[n_ctx:]
+
+    # Events over the held-back rows and this batch, continuing the carried event.
+    pending = carry.pending if carry.pending is not None else empty_pending(sensors)
+    n_pending = len(pending)
+    all_score = np.concatenate([pending["score"].to_numpy(np.float32), score])
+    all_segment = np.concatenate([pending["segment"].to_numpy(np.int64), segment])
+    all_contrib = np.concatenate([pending[[f"contrib_{s}" for s in sensors]].to_numpy(np.float32).reshape(n_pending, len(sensors)), contributions])
+    all_source = np.concatenate([pending["source"].to_numpy(object), table["source"].to_numpy(object)])
+    all_row = np.concatenate([pending["row"].to_numpy(np.int64), table["row"].to_numpy(np.int64)])
+    all_ns = np.concatenate([pending["timestamp_ns"].to_numpy(np.int64), table["timestamp"].dt.as_unit("ns").array.asi8])
+    threshold = bundle.threshold.value
+    decision = decide_events(all_score, all_segment, threshold, reading.events, carry.open_event.event_id if carry.open_event else None,
+                             carry.open_segment, carry.next_event_id)  # fmt: skip
+    k = decision.n_decided
+    event = decision.event[:k]
+
+    # Running figures of the events touched, continuing the carried one.
+    stats = event_stats(event, all_score[:k], all_contrib[:k], all_ns[:k], all_source[:k])
+    if carry.open_event is not None and carry.open_event.event_id in stats:
+        stats[carry.open_event.event_id] = carry.open_event.merged(stats[carry.open_event.event_id])
+    events = events_frame(list(stats.values()), sensors, threshold, version, run_id)
+    open_event = None
+    if decision.open_event_id is not None:
+        open_event = stats.get(decision.open_event_id) or (carry.open_event if carry.open_event and carry.open_event.event_id == decision.open_event_id else None)
+
+    # The next batch's carry.
+    held = pd.DataFrame({"source": all_source[k:], "row": all_row[k:], "timestamp_ns": all_ns[k:], "score": all_score[k:].astype(np.float64), "segment": all_segment[k:]})
+    for i, s in enumerate(sensors):
+        held[f"contrib_{s}"] = all_contrib[k:, i].astype(np.float64)
+    tail = ext.iloc[max(0, len(ext) - bundle.context_rows) :].reset_index(drop=True) if bundle.context_rows else ext.iloc[:0]
+    new_carry = Carry(
+        sensors=sensors,
+        context=tail,
+        last_segment=int(segment[-1]) if segment.size else carry.last_segment,
+        last_timestamp_ns=int(all_ns[n_pending:].max()) if len(table) else carry.last_timestamp_ns,
+        pending=held,
+        open_event=open_event,
+        open_segment=int(all_segment[-1]) if open_event is not None else None,
+        next_event_id=decision.next_event_id,
+        model_version=version,
+    )
+
+    # scores.csv: the decided rows (held-back ones first: they are older) and the set-aside rows.
+    written = pd.DataFrame({"source": all_source[:k], "row": all_row[:k], "timestamp": pd.to_datetime(all_ns[:k], utc=True)})
+    out = IngestResult(table=written, rejected=rejected, sensors=sensors, timestamp_column=result.timestamp_column)
+    rows = RowScores(score=all_score[:k], contributions=all_contrib[:k], segment=all_segment[:k])
+    order = list(dict.fromkeys([*map(str, pending["source"]), *map(str, table["source"]), *map(str, rejected["source"])]))
+    counts["rows_held_back"] = len(held)
+    counts["rows_from_earlier_batches"] = min(k, n_pending)
+    return BatchResult(
+        scores=scores_batches(out, rows, event, threshold, order),
+        scores_schema=scores_schema(sensors),
+        events=events,
+        quality=quality,
+        counts=counts,
+        carry=new_carry,
+        rows_written=k + len(rejected),
+        rows_held=len(held),
+        rows_flagged=int((event > 0).sum()),
+    )
+
+
+def rebuild_cumulative_anomalies(out_dir: Path, runs: list[str]) -> Path:
+    """``--out/anomalies.csv``: every event so far, its latest figures (a later run that extended
+    an event replaces its row), by event id; rebuilt from the committed run folders."""
+    frames = []
+    for name in runs:
+        path = out_dir / name / "anomalies.csv"
+        if path.is_file() and path.stat().st_size:
+            frame = pd.read_csv(path, dtype={"model_version": str, "run_id": str})
+            if len(frame):
+                frames.append(frame)
+    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
+    events = events.drop_duplicates("event_id", keep="last").sort_values("event_id", kind="stable")
+    return write_csv_atomic(pa.Table.from_pandas(events[EVENT_COLUMNS], preserve_index=False), out_dir / "anomalies.csv")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -37,7 +38,41 @@ def resolve_tracking_uri(uri: str | None) -> str:
 
 def _sqlite_path(uri: str) -> Path | None:
     prefix = "sqlite:///"
-    return Path(uri[len(prefix) :]) if uri.startswith(prefix) else None
+    return Path(uri[len(prefix) :].partition("?")[0]) if uri.startswith(prefix) else None
+
+
+# Seconds a connection waits for another process's write to the sqlite store to finish before
+# failing with 'database is locked' (Python's sqlite3 default is 5 s; MLflow's own PRAGMA
+# busy_timeout covers its sessions but not every connection, e.g. schema checks at start-up).
+SQLITE_TIMEOUT_SECONDS = 60
+
+
+def _with_busy_timeout(uri: str) -> str:
+    """An sqlite URI with a ``timeout`` query (passed to ``sqlite3.connect``) unless it has one."""
+    if not uri.startswith("sqlite:") or "timeout=" in uri:
+        return uri
+    return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_SECONDS}"
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a live process (clock ticks since boot, from /proc), None when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        try:
+            os.kill(pid, 0)  # no /proc (not Linux): is the pid alive at all?
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return "unknown"
+        return "unknown"
+    return stat.rpartition(")")[2].split()[19]  # field 22 of /proc/PID/stat
+
+
+def _owner_tags() -> dict[str, str]:
+    """Which process owns a run, so a later run can tell whether it is still alive."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _process_start(pid) or ""}
 
 
 def git_commit() -> str | None:
@@ -65,13 +100,14 @@ class Tracker:
     def __init__(self, tracking_uri: str | None, experiment_name: str):
         self.uri = resolve_tracking_uri(tracking_uri)
         db_path = _sqlite_path(self.uri)
+        connect_uri = _with_busy_timeout(self.uri)
         artifact_location = None
         if db_path is not None:
             db_path.parent.mkdir(parents=True, exist_ok=True)
             artifact_location = (db_path.parent / "artifacts").resolve().as_uri()
         logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations on first use
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        mlflow.set_tracking_uri(connect_uri)
+        self.client = MlflowClient(connect_uri)
         experiment = self.client.get_experiment_by_name(experiment_name)
         if experiment is None:
             experiment_id = self.client.create_experiment(experiment_name, artifact_location=artifact_location)
@@ -82,7 +118,7 @@ class Tracker:
     @contextlib.contextmanager
     def run(self, stage: str, run_name: str, tags: dict[str, str] | None = None, nested: bool = False) -> Iterator[str]:
         """A run that ends FINISHED, or FAILED with the error message in tag ``error``; yields its id."""
-        all_tags = {"stage": stage, "project_version": pipeline.__version__, **(tags or {})}
+        all_tags = {"stage": stage, "project_version": pipeline.__version__, **_owner_tags(), **(tags or {})}
         commit = git_commit()
         if commit:
             all_tags["git_commit"] = commit
@@ -95,6 +131,33 @@ class Tracker:
             mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
+
+    def end_stale_runs(self) -> list[str]:
+        """Mark runs of this experiment that earlier processes left RUNNING as KILLED.
+
+        A run killed with its process (kill -9, OOM, power cut) cannot end itself. A RUNNING
+        run is stale when it was started on this host by a process that is gone (its pid is not
+        alive, or now belongs to a process started at another time). Runs from other hosts,
+        or without owner tags, are left alone: there is no telling whether they are alive.
+
+        Returns:
+            The ids of the runs marked.
+        """
+        host = socket.gethostname()
+        marked = []
+        for run in self.client.search_runs([self.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+            tags = run.data.tags
+            if tags.get("host") != host or not tags.get("pid", "").isdigit():
+                continue
+            started = _process_start(int(tags["pid"]))
+            if started is not None and (started == "unknown" or not tags.get("pid_start") or started == tags["pid_start"]):
+                continue  # still alive
+            self.client.set_tag(run.info.run_id, "error", f"process {tags['pid']} on {host} ended without closing this run (killed)")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            marked.append(run.info.run_id)
+        if marked:
+            log.warning("marked %d run(s) left RUNNING by killed processes as KILLED: %s", len(marked), ", ".join(marked))
+        return marked
 
     def log_params(self, params: dict[str, Any]) -> None:
         mlflow.log_params({key: ("" if value is None else str(value)[:6000]) for key, value in params.items()})

@@ -1,0 +1,361 @@
+"""Bookkeeping of the scheduled ``run``: which content was processed, what was quarantined, what
+the stream carries to the next batch, and which run folders are committed.
+
+Everything lives in the ``--state`` folder:
+
+- ``state.json``: the single source of truth, replaced atomically (temporary file in the same
+  folder, flushed, fsynced, renamed) only after the run's outputs are in place;
+- ``quarantine.csv``: the quarantined files and why (a readable copy of what ``state.json`` holds);
+- ``run.lock``: the lock (``flock``; the OS releases it when the process dies).
+
+Crash safety: a run writes its folder under ``--out`` as ``.partial-<run id>`` and renames it to
+``<UTC time>_<run id>`` when complete, then commits ``state.json`` (which lists the committed run
+folders), then rebuilds ``--out/anomalies.csv``. The next run removes what a killed run left
+behind: temporary files, partial folders, and run folders that ``state.json`` does not list
+(their rows were not committed and are processed again), and rebuilds ``--out/anomalies.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+LOCK_FILE = "run.lock"
+QUARANTINE_FILE = "quarantine.csv"
+STATE_FORMAT = 1
+RUN_FOLDER = re.compile(r"^\d{8}T\d{6}Z_[0-9a-f]+$")
+PARTIAL_PREFIX = ".partial-"
+# Test-only: SIGKILL this process at a named checkpoint (see ``checkpoint``).
+CRASH_ENV = "PIPELINE_TEST_CRASH_AT"
+PAUSE_ENV = (
+    "PIPELINE_TEST_PAUSE_AT"  # "name:seconds": sleep at a checkpoint (lock tests)
+)
+
+
+def checkpoint(name: str) -> None:
+    """Test hook: ``PIPELINE_TEST_CRASH_AT=name`` kills the process here with SIGKILL (as the OOM
+    killer or a power cut would), ``PIPELINE_TEST_PAUSE_AT=name:seconds`` sleeps here."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("test crash point %s: killing this process", name)
+        os.kill(os.getpid(), signal.SIGKILL)
+    pause = os.environ.get(PAUSE_ENV, "")
+    if pause.partition(":")[0] == name:
+        time.sleep(float(pause.partition(":")[2] or 1))
+
+
+# ---------------------------------------------------------------- atomic files
+
+
+def write_bytes_atomic(data: bytes, path: Path) -> Path:
+    """Write through a temporary file in the same folder: flush, fsync, rename, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
+    )
+    tmp = Path(handle.name)
+    try:
+        with handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_temporary_files(folder: Path) -> int:
+    """Delete the ``.<name>.*.tmp`` files a killed writer left in ``folder``; returns how many."""
+    removed = 0
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass
+class FileRecord:
+    """A file whose content (its first ``bytes`` bytes, ``rows`` data rows) was processed."""
+
+    digest: str  # sha256 of the processed bytes
+    bytes: int
+    rows: int
+    run: str
+    processed_at: str
+
+
+@dataclass
+class Quarantined:
+    """A file set aside as a whole; retried only when its content (``digest``) changes."""
+
+    digest: str
+    reason: str
+    at: str
+    run: str
+
+
+@dataclass
+class RunState:
+    files: dict[str, FileRecord] = field(default_factory=dict)
+    quarantined: dict[str, Quarantined] = field(default_factory=dict)
+    carry: dict[str, Any] | None = None  # ``stream.Carry.to_dict()``
+    runs: list[str] = field(default_factory=list)  # committed run folders, oldest first
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "files": {name: rec.__dict__ for name, rec in self.files.items()},
+            "quarantined": {
+                name: rec.__dict__ for name, rec in self.quarantined.items()
+            },
+            "carry": self.carry,
+            "runs": self.runs,
+        }
+
+
+def load_state(state_dir: Path, clean: bool = True) -> RunState:
+    """Read ``state.json`` (an empty state when there is none); ``clean`` also clears leftover
+    temporary files (only under the lock)."""
+    removed = remove_temporary_files(state_dir) if clean else 0
+    if removed:
+        log.warning(
+            "removed %d temporary file(s) an interrupted run left in %s",
+            removed,
+            state_dir,
+        )
+    path = state_dir / STATE_FILE
+    if not path.exists():
+        return RunState()
+    data = json.loads(path.read_text())
+    if data.get("format") != STATE_FORMAT:
+        raise ValueError(
+            f"{path}: state format {data.get('format')!r}, this version reads {STATE_FORMAT}"
+        )
+    return RunState(
+        files={name: FileRecord(**rec) for name, rec in data["files"].items()},
+        quarantined={
+            name: Quarantined(**rec) for name, rec in data["quarantined"].items()
+        },
+        carry=data["carry"],
+        runs=list(data["runs"]),
+    )
+
+
+def save_state(state: RunState, state_dir: Path) -> None:
+    """Commit the state atomically, then refresh the readable quarantine list."""
+    write_bytes_atomic(
+        json.dumps(state.to_dict(), indent=1).encode(), state_dir / STATE_FILE
+    )
+    lines = ["file,digest,quarantined_at,run,reason"]
+    for name, rec in sorted(state.quarantined.items()):
+        lines.append(
+            ",".join(
+                _csv_field(v) for v in (name, rec.digest, rec.at, rec.run, rec.reason)
+            )
+        )
+    write_bytes_atomic(("\n".join(lines) + "\n").encode(), state_dir / QUARANTINE_FILE)
+
+
+def _csv_field(value: str) -> str:
+    return (
+        '"' + value.replace('"', '""') + '"'
+        if any(c in value for c in ',"\n')
+        else value
+    )
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---------------------------------------------------------------- what to process
+
+
+@dataclass
+class Candidate:
+    """A file of the input folder and what this run does with it.
+
+    ``kind``: ``new``; ``appended`` (grew by rows after the processed ones: only rows from
+    ``skip_rows`` on are new); ``processed`` (this content was processed, under this or another
+    name); ``quarantined`` (this content was quarantined before: not retried); ``changed`` (a
+    processed file whose content changed other than by appending: quarantined, since its rows
+    were already reported).
+    """
+
+    name: str
+    path: Path
+    kind: str
+    digest: str
+    size: int
+    skip_rows: int = 0
+    note: str = ""
+
+
+APPENDABLE_SUFFIXES = {".csv", ".txt", ".tsv"}
+
+
+def classify(files: list[tuple[str, Path]], state: RunState) -> list[Candidate]:
+    """Sort the input files into what is new, grown, already seen or changed, by content."""
+    processed_digests = {rec.digest: name for name, rec in state.files.items()}
+    out = []
+    for name, path in files:
+        record = state.files.get(name)
+        prefix_len = record.bytes if record is not None else None
+        digest, size, prefix_digest, byte_before = _digests(path, prefix_len)
+        if digest in processed_digests:
+            same = processed_digests[digest]
+            out.append(
+                Candidate(
+                    name,
+                    path,
+                    "processed",
+                    digest,
+                    size,
+                    note="" if same == name else f"same content as {same}",
+                )
+            )
+            continue
+        quarantined = state.quarantined.get(name)
+        if quarantined is not None and quarantined.digest == digest:
+            out.append(
+                Candidate(
+                    name, path, "quarantined", digest, size, note=quarantined.reason
+                )
+            )
+            continue
+        if record is None:
+            out.append(Candidate(name, path, "new", digest, size))
+        elif (
+            path.suffix.lower() in APPENDABLE_SUFFIXES
+            and size > record.bytes
+            and prefix_digest == record.digest
+            and byte_before == b"\n"
+        ):
+            out.append(
+                Candidate(
+                    name,
+                    path,
+                    "appended",
+                    digest,
+                    size,
+                    skip_rows=record.rows,
+                    note=f"{size - record.bytes} new bytes",
+                )
+            )
+        else:
+            out.append(
+                Candidate(
+                    name,
+                    path,
+                    "changed",
+                    digest,
+                    size,
+                    note=(
+                        f"content changed after {record.rows} rows were processed in run {record.run}, and not by "
+                        "appending rows; its rows were already reported, so it is not processed again (give new data a new file name)"
+                    ),
+                )  # fmt: skip
+            )
+    return out
+
+
+def _digests(
+    path: Path, prefix_len: int | None
+) -> tuple[str, int, str | None, bytes | None]:
+    """sha256 of the file, its size, and sha256 of its first ``prefix_len`` bytes and the last
+    byte of that prefix (to tell an append from an edit) in the same pass."""
+    sha = hashlib.sha256()
+    prefix_digest = None
+    byte_before = None
+    done = 0
+    with path.open("rb") as handle:
+        while True:
+            chunk = handle.read(1 << 20)
+            if (
+                prefix_len is not None
+                and prefix_digest is None
+                and done + len(chunk) >= prefix_len
+            ):
+                cut = prefix_len - done
+                sha.update(chunk[:cut])
+                prefix_digest = sha.hexdigest()
+                byte_before = chunk[cut - 1 : cut] if cut > 0 else None
+                sha.update(chunk[cut:])
+            else:
+                sha.update(chunk)
+            done += len(chunk)
+            if not chunk:
+                break
+    return sha.hexdigest(), done, prefix_digest, byte_before
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def run_folder_name(run_id: str) -> str:
+    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}_{run_id}"
+
+
+def recover_outputs(out_dir: Path, committed: list[str]) -> list[str]:
+    """Remove what killed runs left under ``out_dir``: temporary files, partial run folders and
+    run folders the state never committed. Returns the names removed."""
+    removed = []
+    if not out_dir.is_dir():
+        return removed
+    remove_temporary_files(out_dir)
+    known = set(committed)
+    for child in out_dir.iterdir():
+        if child.is_dir() and (
+            child.name.startswith(PARTIAL_PREFIX)
+            or (RUN_FOLDER.match(child.name) and child.name not in known)
+        ):
+            shutil.rmtree(child)
+            removed.append(child.name)
+    if removed:
+        log.warning(
+            "removed output folders of interrupted runs (their rows are processed again): %s",
+            ", ".join(sorted(removed)),
+        )
+    return removed
+
+
+def publish_folder(partial: Path, final: Path) -> None:
+    """Rename a complete partial folder into place (atomic on one file system) and make it durable."""
+    for child in partial.iterdir():
+        if child.is_file():
+            with child.open("rb") as handle:
+                os.fsync(handle.fileno())
+    fsync_dir(partial)
+    os.replace(partial, final)
+    fsync_dir(final.parent)
