@@ -5,7 +5,8 @@ Event policy (``events`` config):
 2. runs of exceeding rows shorter than ``min_event_rows`` are dropped (one-row blips);
 3. kept runs at most ``merge_gap_rows`` rows apart are merged into one event (the rows between
    become part of it).
-Events never cross a change of source file or a gap in time.
+Events never cross a gap in time (the ``groups`` passed in); the runner treats the files of one
+call as consecutive pieces of one stream, so an event may run on from one file into the next.
 """
 
 from __future__ import annotations

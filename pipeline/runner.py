@@ -215,10 +215,9 @@ def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, 
     rows = score_table(
         bundle.model, bundle.scaler, table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=True
     )
-    source_code = pd.factorize(table["source"])[0]  # int codes: no Python string per row
-    source_change = np.concatenate([[False], source_code[1:] != source_code[:-1]])
-    groups = np.cumsum(source_change | np.concatenate([[False], np.diff(rows.segment) != 0]))
-    event = assign_events(rows.score, bundle.threshold.value, groups, bundle.config.events)
+    # The files of one call are consecutive pieces of one stream: an event, like a window, may
+    # run on from one file into the next, but never across a gap in time (as ``run`` does).
+    event = assign_events(rows.score, bundle.threshold.value, rows.segment, bundle.config.events)
     events = summarise_events(table, rows, event, bundle.threshold.value, bundle.sensors, model_version, run_id)
     return rows, event, events
 
@@ -468,7 +467,7 @@ def _run_into(
         try:
             raw = read_source(c.name, c.path, ingest_config)
         except InputError as exc:
-            quarantined.append((c.name, str(exc)))
+            quarantined.append((c.name, _reason(c.name, exc)))
             continue
         if c.skip_rows:
             raw = RawSource(c.name, raw.frame.iloc[c.skip_rows :].reset_index(drop=True), raw.digest, row_offset=c.skip_rows)
@@ -578,10 +577,16 @@ def _validate_batch(sources: list[RawSource], reading: PipelineConfig, bundle: M
             validate([source], reading.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
             good.append(source)
         except InputError as exc:
-            quarantined.append((source.name, str(exc)))
+            quarantined.append((source.name, _reason(source.name, exc)))
     if not good:
         return None
     return validate(good, reading.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+
+
+def _reason(name: str, exc: InputError) -> str:
+    """The error without its leading 'file: ' (the quarantine record names the file already)."""
+    head, sep, rest = str(exc).partition(": ")
+    return rest if sep and (head == name or head.endswith("/" + name)) else str(exc)
 
 
 def _load_carry(state: RunState, bundle: ModelBundle) -> Carry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -66,3 +67,30 @@ def tiny_config_file(tmp_path: Path) -> Path:
 @pytest.fixture()
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, tiny_frame) -> Path:
+    """A sqlite store holding model 'pump' version 1 (window 8), trained once per session."""
+    from pipeline.runner import train_job
+
+    folder = tmp_path_factory.mktemp("trained")
+    tiny_frame.to_csv(folder / "pump.csv", index=False)
+    train_job([folder / "pump.csv"], tiny_config(), "pump", f"sqlite:///{folder / 'ml' / 'mlflow.db'}")
+    return folder / "ml" / "mlflow.db"
+
+
+@pytest.fixture()
+def store(tmp_path, trained_store) -> str:
+    """This test's copy of the trained store (the model's artifacts stay, read only, where they are)."""
+    target = tmp_path / "ml" / "mlflow.db"
+    target.parent.mkdir()
+    shutil.copy(trained_store, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture()
+def run_config(tmp_path) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(TINY_CONFIG_YAML + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
+    return path

@@ -83,7 +83,8 @@ def test_run_trains_once_then_processes_only_new_files(tmp_path, tiny_frame, tin
             "--config", str(config), "--tracking-uri", tracking_uri)  # fmt: skip
     first = cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "trained" in first.stdout and len(pd.read_csv(tmp_path / "out" / "scores.csv")) == half
+    folders = sorted(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert "trained" in first.stdout and len(folders) == 1 and len(pd.read_csv(folders[0] / "scores.csv")) == half
 
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -92,7 +93,9 @@ def test_run_trains_once_then_processes_only_new_files(tmp_path, tiny_frame, tin
     tiny_frame.iloc[half:].to_csv(landing / "b.csv", index=False)
     third = cli(*args, cwd=tmp_path)
     assert third.returncode == 0 and "trained" not in third.stdout
-    assert len(pd.read_csv(tmp_path / "out" / "scores.csv")) == len(tiny_frame) - half
+    folders = sorted(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    assert len(folders) == 2 and sum(len(pd.read_csv(f / "scores.csv")) for f in folders) == len(tiny_frame)
+    assert (tmp_path / "out" / "anomalies.csv").is_file()
     _, runs = _runs(tracking_uri)
     assert sum(r.data.tags["stage"] == "train" for r in runs) == 1
     assert {r.info.status for r in runs} == {"FINISHED"}

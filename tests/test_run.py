@@ -9,7 +9,6 @@ this process, the same code path without paying the imports again.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,41 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.state import CRASH_ENV, PAUSE_ENV
-from tests.conftest import TINY_CONFIG_YAML, TINY_NORMAL_UNTIL, tiny_config
 
 CUTS = [0, 500, 841, 1100, 1440]  # 841: inside an event (13:11-14:26), so one runs across a cut
-
-
-@pytest.fixture(scope="session")
-def trained_store(tmp_path_factory, tiny_frame) -> Path:
-    """A sqlite store holding model 'pump' version 1, trained once (in this process)."""
-    from pipeline.runner import train_job
-
-    folder = tmp_path_factory.mktemp("trained")
-    tiny_frame.to_csv(folder / "pump.csv", index=False)
-    train_job([folder / "pump.csv"], tiny_config(), "pump", f"sqlite:///{folder / 'ml' / 'mlflow.db'}")
-    return folder / "ml" / "mlflow.db"
-
-
-@pytest.fixture()
-def store(tmp_path, trained_store) -> str:
-    """This test's copy of the trained store."""
-    target = tmp_path / "ml" / "mlflow.db"
-    target.parent.mkdir()
-    shutil.copy(trained_store, target)
-    return f"sqlite:///{target}"
-
-
-@pytest.fixture()
-def run_config(tmp_path) -> Path:
-    path = tmp_path / "run.yaml"
-    path.write_text(TINY_CONFIG_YAML + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
-    return path
 
 
 class Job:
@@ -269,3 +239,14 @@ def test_two_starts_at_once_and_a_bad_file_among_good_ones(tmp_path, tiny_frame,
     assert len(other.scores()) == CUTS[2]
     assert "part1b.csv" in (other.state / "quarantine.csv").read_text()
     assert "RUNNING" not in statuses(store)
+
+
+def test_run_config_sets_reading_and_event_settings_of_an_existing_model(tmp_path, tiny_frame, store, run_config, capsys):
+    run_config.write_text(run_config.read_text() + "ingest: {decimal: ','}\nevents: {min_event_rows: 100000}\n")
+    job = Job(tmp_path, store, run_config, "cfg")
+    tiny_frame.to_csv(job.input / "all.csv", index=False, sep=";", decimal=",")
+    code, out, err = job.run(capsys)
+    assert code == 0, err
+    scores = job.scores()
+    assert scores["score"].notna().sum() == len(tiny_frame) - 7  # read with the decimal comma
+    assert scores["anomaly"].sum() == 0 and len(job.anomalies()) == 0  # no run is 100000 rows long
