@@ -69,7 +69,9 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pipeline import runner  # heavy imports (MLflow, pandas) only once arguments are good
+    from pipeline import (
+        runner,  # heavy imports (MLflow, pandas) only once arguments are good
+    )
 
     out = getattr(args, "out", None)
     if out and Path(out).exists() and not Path(out).is_dir():

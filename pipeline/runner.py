@@ -15,7 +15,6 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +30,22 @@ from pipeline.calibrate import calibrate_threshold
 from pipeline.config import PipelineConfig, to_yaml
 from pipeline.errors import InputError, LockHeldError
 from pipeline.features import fit_scaler, segment_ids, window_starts
-from pipeline.ingest import IngestResult, RawSource, discover_files, iso_utc, read_source, validate
+from pipeline.ingest import (
+    IngestResult,
+    RawSource,
+    discover_files,
+    iso_utc,
+    read_source,
+    validate,
+)
 from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
-from pipeline.report import EVENT_COLUMNS, assign_events, scores_batches, scores_schema, summarise_events
+from pipeline.report import (
+    EVENT_COLUMNS,
+    assign_events,
+    scores_batches,
+    scores_schema,
+    summarise_events,
+)
 from pipeline.score import RowScores, reconstruction_errors, score_table
 from pipeline.state import (
     LOCK_FILE,
@@ -51,7 +63,15 @@ from pipeline.state import (
     run_folder_name,
     save_state,
 )
-from pipeline.stream import Carry, decide_events, empty_pending, event_stats, events_frame, global_segments, iso_ns
+from pipeline.stream import (
+    Carry,
+    decide_events,
+    empty_pending,
+    event_stats,
+    events_frame,
+    global_segments,
+    iso_ns,
+)
 from pipeline.tracking import Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
@@ -163,7 +183,9 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
             raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
     log.info("training on %d windows, early stopping on %d, calibrating on %d", train_starts.size, val_starts.size, holdout_starts.size)
 
-    from pipeline.train import train_autoencoder  # TensorFlow is imported only where training needs it
+    from pipeline.train import (
+        train_autoencoder,  # TensorFlow is imported only where training needs it
+    )
 
     trained = train_autoencoder(values, train_starts, val_starts, window, config.model)
     errors, _ = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)

@@ -27,7 +27,7 @@ import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +196,7 @@ def _csv_field(value: str) -> str:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- what to process
@@ -285,7 +285,7 @@ def classify(files: list[tuple[str, Path]], state: RunState) -> list[Candidate]:
                         f"content changed after {record.rows} rows were processed in run {record.run}, and not by "
                         "appending rows; its rows were already reported, so it is not processed again (give new data a new file name)"
                     ),
-                )  # fmt: skip
+                )
             )
     return out
 
@@ -324,7 +324,7 @@ def _digests(
 
 
 def run_folder_name(run_id: str) -> str:
-    return f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}_{run_id}"
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}_{run_id}"
 
 
 def recover_outputs(out_dir: Path, committed: list[str]) -> list[str]:

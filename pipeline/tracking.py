@@ -33,7 +33,9 @@ BUNDLE_ARTIFACT_PATH = "model"
 
 def resolve_tracking_uri(uri: str | None) -> str:
     """The flag, else ``MLFLOW_TRACKING_URI``, else the embedded store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    resolved = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    # MLflow exports the URI it was given (with the busy timeout added below) to the environment.
+    return resolved.removesuffix(f"?timeout={SQLITE_TIMEOUT_SECONDS}")
 
 
 def _sqlite_path(uri: str) -> Path | None:

@@ -240,12 +240,20 @@ def test_two_starts_at_once_and_a_bad_file_among_good_ones(tmp_path, tiny_frame,
     assert "part1b.csv" in (other.state / "quarantine.csv").read_text()
     assert "RUNNING" not in statuses(store)
 
+    # Not retried while unchanged; retried once its content changes (here: the real rows arrive).
+    code, out, _ = other.run(capsys)
+    assert code == 0 and "nothing new" in out
+    tiny_frame.iloc[CUTS[2] : CUTS[3]].to_csv(other.input / "part1b.csv", index=False)
+    code, out, err = other.run(capsys)
+    assert code == 0, err
+    assert len(other.scores()) == CUTS[3] and "part1b.csv" not in (other.state / "quarantine.csv").read_text()
+
 
 def test_run_config_sets_reading_and_event_settings_of_an_existing_model(tmp_path, tiny_frame, store, run_config, capsys):
     run_config.write_text(run_config.read_text() + "ingest: {decimal: ','}\nevents: {min_event_rows: 100000}\n")
     job = Job(tmp_path, store, run_config, "cfg")
     tiny_frame.to_csv(job.input / "all.csv", index=False, sep=";", decimal=",")
-    code, out, err = job.run(capsys)
+    code, _, err = job.run(capsys)
     assert code == 0, err
     scores = job.scores()
     assert scores["score"].notna().sum() == len(tiny_frame) - 7  # read with the decimal comma

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ def batched_events(
     open_id = open_segment = None
     next_id = 1
     bounds = [0, *sorted(set(cuts)), score.size]
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
+    for lo, hi in itertools.pairwise(bounds):
         rows = np.asarray(pending + list(range(lo, hi)), dtype=np.int64)
         decision = decide_events(
             score[rows], groups[rows], 1.0, config, open_id, open_segment, next_id
