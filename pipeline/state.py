@@ -60,8 +60,11 @@ def checkpoint(name: str) -> None:
 # ---------------------------------------------------------------- atomic files
 
 
-def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    """Write through a temporary file in the same folder: flush, fsync, rename, fsync the folder."""
+def write_bytes_atomic(data: bytes, path: Path, before_rename: str | None = None) -> Path:
+    """Write through a temporary file in the same folder: flush, fsync, rename, fsync the folder.
+
+    ``before_rename`` names a test checkpoint between the complete temporary file and the rename.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = tempfile.NamedTemporaryFile(
         dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
@@ -72,6 +75,8 @@ def write_bytes_atomic(data: bytes, path: Path) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if before_rename:
+            checkpoint(before_rename)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -174,9 +179,7 @@ def load_state(state_dir: Path, clean: bool = True) -> RunState:
 
 def save_state(state: RunState, state_dir: Path) -> None:
     """Commit the state atomically, then refresh the readable quarantine list."""
-    write_bytes_atomic(
-        json.dumps(state.to_dict(), indent=1).encode(), state_dir / STATE_FILE
-    )
+    write_bytes_atomic(json.dumps(state.to_dict(), indent=1).encode(), state_dir / STATE_FILE, before_rename="mid_state")
     lines = ["file,digest,quarantined_at,run,reason"]
     for name, rec in sorted(state.quarantined.items()):
         lines.append(

@@ -179,14 +179,17 @@ def test_kill_9_at_any_point_then_rerun_equals_an_uninterrupted_run(tmp_path, ti
     assert reference.run(capsys)[0] == 0
 
     job = Job(tmp_path, store, run_config, "crash")
-    # Part 0: killed after its run folder is in place, before the state is committed.
+    # Part 0: killed while committing the state: the run folder is in place, the new state is
+    # a complete temporary file not yet renamed.
     write_parts(tiny_frame, job.input, 1)
-    killed = job.spawn({CRASH_ENV: "after_outputs"})
+    killed = job.spawn({CRASH_ENV: "mid_state"})
     killed.communicate(timeout=300)
     assert killed.returncode == -signal.SIGKILL
     assert len(job.folders()) == 1  # an orphan run folder is visible, the state does not list it
+    assert list(job.state.glob(".state.json.*.tmp")) and not (job.state / "state.json").exists()
     assert job.run(capsys)[0] == 0
     assert len(job.folders()) == 1  # the orphan was replaced, not added to
+    assert not list(job.state.glob("*.tmp"))
 
     # Part 1: killed after the state is committed, before the cumulative anomalies.csv.
     write_parts(tiny_frame, job.input, 2)
