@@ -417,8 +417,7 @@ def run_job(
         checkpoint("locked")
         state = load_state(state_dir)
         recover_outputs(out_dir, state.runs)
-        if state.runs:  # a run killed after committing may not have refreshed it
-            rebuild_cumulative_anomalies(out_dir, state.runs)
+        update_cumulative_anomalies(out_dir, state, state_dir)  # a run killed after committing did not
         tracker = Tracker(tracking_uri, model_name)
         tracker.end_stale_runs()
         candidates = classify(_input_files(input_dir), state)
@@ -549,10 +548,10 @@ def _run_into(
     if batch is not None:
         state.carry = batch.carry.to_dict()
         state.runs.append(folder.name)
+        state.unmerged.append(folder.name)
     save_state(state, state_dir)
     checkpoint("after_state")
-    if folder is not None:
-        rebuild_cumulative_anomalies(out_dir, state.runs)
+    update_cumulative_anomalies(out_dir, state, state_dir)
 
     tracker.set_tags({"model_version": version, "input_digest": inputs_digest({n: d for n, d in digests.items() if n in sources})})
     if quarantined:
@@ -736,19 +735,33 @@ def score_batch(bundle: ModelBundle, reading: PipelineConfig, result: IngestResu
     )
 
 
-def rebuild_cumulative_anomalies(out_dir: Path, runs: list[str]) -> Path:
-    """``--out/anomalies.csv``: every event so far, its latest figures (a later run that extended
-    an event replaces its row), by event id; rebuilt from the committed run folders."""
-    frames = []
-    for name in runs:
-        path = out_dir / name / "anomalies.csv"
-        if path.is_file() and path.stat().st_size:
-            frame = pd.read_csv(path, dtype={"model_version": str, "run_id": str})
-            if len(frame):
-                frames.append(frame)
-    events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EVENT_COLUMNS)
+def update_cumulative_anomalies(out_dir: Path, state: RunState, state_dir: Path) -> None:
+    """Bring ``--out/anomalies.csv`` (every event so far, with its latest figures: a later run
+    that extended an event replaces its row; by event id) up to the committed runs.
+
+    The runs committed since the last update (``state.unmerged``) are merged into it, so a run
+    reads one file per new run, not every run folder; merging again is harmless (the latest
+    row per event wins), which makes a kill between the merge and the state update safe. When
+    the file is missing, it is rebuilt from every committed run folder.
+    """
+    path = out_dir / "anomalies.csv"
+    if not state.runs or (path.is_file() and not state.unmerged):
+        return
+    names = state.unmerged if path.is_file() else state.runs
+    frames = [_read_events(path)] if path.is_file() else []
+    frames += [_read_events(out_dir / name / "anomalies.csv") for name in names]
+    events = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=EVENT_COLUMNS)], ignore_index=True)
     events = events.drop_duplicates("event_id", keep="last").sort_values("event_id", kind="stable")
-    return write_csv_atomic(pa.Table.from_pandas(events[EVENT_COLUMNS], preserve_index=False), out_dir / "anomalies.csv")
+    write_csv_atomic(pa.Table.from_pandas(events[EVENT_COLUMNS], preserve_index=False), path)
+    if state.unmerged:
+        state.unmerged = []
+        save_state(state, state_dir)
+
+
+def _read_events(path: Path) -> pd.DataFrame:
+    if not path.is_file() or not path.stat().st_size:
+        return pd.DataFrame(columns=EVENT_COLUMNS)
+    return pd.read_csv(path, dtype={"model_version": str, "run_id": str, "source": str, "top_sensors": str})
 
 
 @contextlib.contextmanager

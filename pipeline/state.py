@@ -10,9 +10,10 @@ Everything lives in the ``--state`` folder:
 
 Crash safety: a run writes its folder under ``--out`` as ``.partial-<run id>`` and renames it to
 ``<UTC time>_<run id>`` when complete, then commits ``state.json`` (which lists the committed run
-folders), then rebuilds ``--out/anomalies.csv``. The next run removes what a killed run left
-behind: temporary files, partial folders, and run folders that ``state.json`` does not list
-(their rows were not committed and are processed again), and rebuilds ``--out/anomalies.csv``.
+folders), then merges the run's events into ``--out/anomalies.csv``. The next run removes what a
+killed run left behind: temporary files, partial folders, and run folders that ``state.json``
+does not list (their rows were not committed and are processed again), and finishes a merge
+into ``--out/anomalies.csv`` that was cut short.
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ class RunState:
     quarantined: dict[str, Quarantined] = field(default_factory=dict)
     carry: dict[str, Any] | None = None  # ``stream.Carry.to_dict()``
     runs: list[str] = field(default_factory=list)  # committed run folders, oldest first
+    unmerged: list[str] = field(default_factory=list)  # committed runs not yet in --out/anomalies.csv
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +148,7 @@ class RunState:
             },
             "carry": self.carry,
             "runs": self.runs,
+            "unmerged": self.unmerged,
         }
 
 
@@ -174,6 +177,7 @@ def load_state(state_dir: Path, clean: bool = True) -> RunState:
         },
         carry=data["carry"],
         runs=list(data["runs"]),
+        unmerged=list(data.get("unmerged", [])),
     )
 
 
