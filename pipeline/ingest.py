@@ -376,7 +376,9 @@ def _normalise(
     ignored = {str(c) for c in frame.columns if c not in wanted and c not in config.exclude_columns}
 
     raw_ts = frame[ts_col]
-    timestamps, ts_reason = _parse_timestamps(raw_ts, source.name, ts_col, config.source_timezone)
+    # Only a zone given in the config may resolve a file that mixes aware and naive timestamps.
+    zone_given = "source_timezone" in config.model_fields_set
+    timestamps, ts_reason = _parse_timestamps(raw_ts, source.name, ts_col, config.source_timezone, zone_given)
     reasons = pd.Series(ts_reason, index=frame.index, dtype=object)
     counts["unparseable_timestamp"] += int((reasons == "unparseable timestamp").sum())
     counts["ambiguous_time"] += int(reasons.notna().sum()) - int((reasons == "unparseable timestamp").sum())
@@ -440,8 +442,12 @@ def _to_float(values: pd.Series, decimal: str = ".") -> tuple[np.ndarray, np.nda
     return parsed.to_numpy(), bad
 
 
-def _parse_timestamps(values: pd.Series, name: str, column: str, zone: str) -> tuple[pd.Series, np.ndarray]:
-    """Raw timestamp column -> (UTC timestamps, reason per row or None)."""
+def _parse_timestamps(values: pd.Series, name: str, column: str, zone: str, zone_given: bool = False) -> tuple[pd.Series, np.ndarray]:
+    """Raw timestamp column -> (UTC timestamps, reason per row or None).
+
+    A column mixing timestamps with and without a time zone is an error, unless ``zone_given``
+    (``ingest.source_timezone`` set in the config): then the naive ones are read in ``zone``.
+    """
     reasons = np.full(len(values), None, dtype=object)
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
@@ -453,15 +459,27 @@ def _parse_timestamps(values: pd.Series, name: str, column: str, zone: str) -> t
         text = values.astype("string").str.strip()
         has_zone = text.str.contains(_TZ_SUFFIX, na=False)
         aware = bool(has_zone.any())
-        if aware and not has_zone[text.notna()].all():
+        mixed = aware and not has_zone[text.notna()].all()
+        if mixed and not zone_given:
             row = int(np.flatnonzero(~has_zone.to_numpy() & text.notna().to_numpy())[0])
             raise InputError(
                 f"{name}: column '{column}' mixes timestamps with and without a time zone "
-                f"(row {row + 1}: '{text.iloc[row]}'); make them consistent"
+                f"(row {row + 1}: '{text.iloc[row]}'); make them consistent, or set ingest.source_timezone "
+                "to the zone of the ones without"
             )
-        parsed = pd.to_datetime(text, errors="coerce", utc=aware)
-        if parsed.isna().sum() > text.isna().sum():  # formats differ row to row
-            parsed = pd.to_datetime(text, errors="coerce", utc=aware, format="mixed")
+        if mixed:
+            _check_zone(zone)
+            naive = (~has_zone & text.notna()).to_numpy()
+            parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
+            parsed[has_zone.to_numpy()] = pd.to_datetime(text[has_zone.to_numpy()], errors="coerce", utc=True, format="mixed")
+            local = pd.to_datetime(text[naive], errors="coerce", format="mixed")
+            localized = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
+            parsed[naive] = localized.dt.tz_convert("UTC")
+            reasons[np.flatnonzero(naive)[(local.notna() & localized.isna()).to_numpy()]] = f"ambiguous or nonexistent local time in {zone}"
+        else:
+            parsed = pd.to_datetime(text, errors="coerce", utc=aware)
+            if parsed.isna().sum() > text.isna().sum():  # formats differ row to row
+                parsed = pd.to_datetime(text, errors="coerce", utc=aware, format="mixed")
     if not aware:
         _check_zone(zone)
         parsed = parsed.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from pipeline import plots
 from pipeline.bundle import ModelBundle, load_bundle
 from pipeline.calibrate import calibrate_threshold
-from pipeline.config import PipelineConfig, to_yaml
+from pipeline.config import IngestConfig, PipelineConfig, to_yaml
 from pipeline.errors import InputError, LockHeldError
 from pipeline.features import fit_scaler, segment_ids, window_starts
 from pipeline.ingest import (
@@ -580,7 +580,10 @@ def _reading_config(run_config: PipelineConfig, model_config: PipelineConfig) ->
     runs; what the model learned (sensors, window, gap rule, scaler, threshold) may not. Data to
     score needs no label column.
     """
-    ingest = run_config.ingest.model_copy(update={"label_column": None})
+    # A setting counts as given only when it differs from its default (a model's stored config
+    # holds every field): e.g. mixed time zones are resolved only by a configured source zone.
+    given = run_config.ingest.model_dump(exclude_defaults=True) if run_config is model_config else run_config.ingest.model_dump(exclude_unset=True)
+    ingest = IngestConfig.model_validate({**given, "label_column": None})
     return model_config.model_copy(update={"ingest": ingest, "events": run_config.events, "scoring": run_config.scoring})
 
 

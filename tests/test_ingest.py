@@ -704,8 +704,21 @@ def test_mixed_aware_and_naive_timestamps_are_input_error_naming_the_row(tmp_pat
 
     assert str(error.value) == (
         "a.csv: column 'timestamp' mixes timestamps with and without a time zone "
-        "(row 2: '2024-01-01T12:00:01'); make them consistent"
+        "(row 2: '2024-01-01T12:00:01'); make them consistent, or set ingest.source_timezone to the zone of the ones without"
     )
+
+
+def test_mixed_aware_and_naive_timestamps_read_naive_ones_in_a_configured_zone(tmp_path):
+    path = write(
+        tmp_path,
+        "a.csv",
+        HEADER + rows("2024-01-01T12:00:00+01:00,1,2", "2024-01-01T12:00:01,3,4", "2024-01-01T12:00:02+01:00,5,6"),
+    )
+
+    returned = ingest([path], IngestConfig(source_timezone="Europe/Berlin"))
+
+    assert list(returned.table["timestamp"]) == utc("2024-01-01 11:00:00", "2024-01-01 11:00:01", "2024-01-01 11:00:02")
+    assert_rows_add_up(returned)
 
 
 def test_unparseable_timestamp_quarantines_that_row(tmp_path):

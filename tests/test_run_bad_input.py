@@ -35,6 +35,7 @@ EXPECTED_COUNTS = {  # (clean, repaired, quarantined, counter, value)
     "gap_longer_than_window": (ROWS - 30, 0, 0, None, 0),
     "nan_runs": (ROWS - 13, 3, 10, "missing_run_too_long", 10),
     "flatlined_sensor": (ROWS, 0, 0, None, 0),
+    "mixed_time_zones_zone_given": (ROWS, 0, 0, None, 0),
     "ambiguous_local_time": (ROWS - 120, 0, 120, "ambiguous_time", 120),
 }
 
@@ -66,7 +67,7 @@ def test_bad_input_case(case, tmp_path, tiny_frame, store, base_scores):
     if counter:
         assert counts[counter] == value
     assert scores["status"].notna().sum() == quarantined  # every set-aside row keeps its row, with the reason
-    if case.name in ("columns_reordered", "out_of_order", "extra_columns", "semicolon_decimal_comma"):
+    if case.name in ("columns_reordered", "out_of_order", "extra_columns", "semicolon_decimal_comma", "mixed_time_zones_zone_given"):
         got = scores.sort_values("timestamp", kind="stable").reset_index(drop=True)
         np.testing.assert_allclose(got["score"], base_scores["score"], rtol=1e-5, equal_nan=True)
     if case.name == "text_in_numeric":
