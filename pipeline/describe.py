@@ -82,6 +82,9 @@ def training_description(
     losses = ", ".join(f"{key} {series[best_epoch - 1]:.4g}" for key, series in history.items() if len(series) >= best_epoch)
     return f"""### Training: `{model_name}` version {version} (`@{alias}`)
 
+**Threshold {threshold.value:.5g}** ({threshold.method}, {params}; held-out normal error p50 {stats.get('p50', 0):.4g},
+p99 {stats.get('p99', 0):.4g}); {len(events)} event(s) when the training input is scored.
+
 **Data**: {_sources(sources)} (sha256 `{input_digest[:12]}`).
 {_quality(quality)}.
 
@@ -120,10 +123,12 @@ def scoring_description(
     """The description of a scoring run."""
     return f"""### Scoring with `{model_name}` version {version}
 
+**{rows_flagged:,} of {rows_scored:,} scored rows flagged in {len(events)} event(s)** (threshold {threshold:.5g}).
+
 **Data**: {_sources(sources)} (sha256 `{input_digest[:12]}`).
 {_quality(quality)}.
 
-**Result**: {rows_in:,} rows in, {rows_scored:,} scored, **{rows_flagged:,} flagged in {len(events)} event(s)** (threshold {threshold:.5g}).
+**Result**: {rows_in:,} rows in, {rows_scored:,} scored, {rows_flagged:,} flagged in {len(events)} event(s).
 Report: `anomalies.csv`; score over time: `scores.png`; per-event plots: `plots/event_<id>.png`.
 
 {_events_table(events)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -66,3 +67,29 @@ def tiny_config_file(tmp_path: Path) -> Path:
 @pytest.fixture()
 def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+
+
+@dataclass
+class TrainedStore:
+    """A tracking store holding one training and one scoring run of model ``pump`` (version 1)."""
+
+    uri: str
+    root: Path
+    csv: Path
+    out: Path
+    train_run_id: str
+    score_run_id: str
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, tiny_frame) -> TrainedStore:
+    """Trained once per session and shared: the registry, UI and notebook tests only read it."""
+    from pipeline import runner
+
+    root = tmp_path_factory.mktemp("store")
+    csv = root / "pump.csv"
+    tiny_frame.to_csv(csv, index=False)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    trained = runner.train_job([csv], tiny_config(), "pump", uri)
+    scored = runner.score_job([csv], root / "out", "pump", uri)
+    return TrainedStore(uri, root, csv, root / "out", trained.run_id, scored.run_id)
