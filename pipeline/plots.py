@@ -75,8 +75,9 @@ def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -91,7 +92,7 @@ def event_detail(detail, threshold: float, path: Path) -> Path:
     the event's rows shaded."""
     order = np.argsort(-detail.shares)
     shown = order[:DETAIL_SENSORS]
-    fig = plt.figure(figsize=(12, 2.2 * len(shown) + 0.8))
+    fig = plt.figure(figsize=(12, 2.2 * len(shown) + 0.8), layout="constrained")
     grid = fig.add_gridspec(len(shown), 2, width_ratios=[1, 2.4])
     bars = fig.add_subplot(grid[:, 0])
     names = [detail.sensors[i] for i in order][::-1]
@@ -112,4 +113,4 @@ def event_detail(detail, threshold: float, path: Path) -> Path:
         ax.tick_params(labelsize=7)
         if row == 0:
             ax.legend(loc="upper left", fontsize=7, ncol=3)
-    return _save(fig, path)
+    return _save(fig, path, tight=False)

@@ -22,8 +22,8 @@ import pandas as pd
 from pipeline.bundle import ModelBundle, load_bundle
 from pipeline.ingest import IngestResult, RawSource, iso_utc, validate
 from pipeline.report import scores_table
+from pipeline.tracking import PYFUNC_BUNDLE_ARTIFACT
 
-BUNDLE_ARTIFACT = "bundle"
 DEFAULT_SOURCE = "input"
 EXAMPLE_EXTRA_ROWS = 8  # beyond one window, so the input example yields scores
 # What scoring imports (TensorFlow is not needed: the NumPy twin runs the model).
@@ -46,7 +46,11 @@ def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAUL
     Raises:
         InputError: a column is missing or no row is usable.
     """
-    from pipeline.runner import LoadedInput, reading_config, score_events  # runner imports MLflow
+    from pipeline.runner import (  # runner imports MLflow
+        LoadedInput,
+        reading_config,
+        score_events,
+    )
 
     config = reading_config(bundle.config)
     raw = RawSource(name=source, frame=frame.reset_index(drop=True), digest="")
@@ -75,7 +79,7 @@ class AnomalyModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: loads the bundle artifact, predicts with ``predict_frame``."""
 
     def load_context(self, context: Any) -> None:
-        self.bundle = load_bundle(Path(context.artifacts[BUNDLE_ARTIFACT]))
+        self.bundle = load_bundle(Path(context.artifacts[PYFUNC_BUNDLE_ARTIFACT]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream."""

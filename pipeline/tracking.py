@@ -34,6 +34,7 @@ BUNDLE_ARTIFACT_PATH = "model"  # the run-relative name of the logged model
 CHAMPION = "champion"  # the alias score and run use
 CHALLENGER = "challenger"  # the alias of a newer version waiting for promotion
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
+PYFUNC_BUNDLE_ARTIFACT = "bundle"  # the bundle folder's name among the pyfunc model's artifacts
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -174,7 +175,7 @@ class Tracker:
             info = mlflow.pyfunc.log_model(
                 name=BUNDLE_ARTIFACT_PATH,
                 python_model=str(package / "pyfunc_model.py"),
-                artifacts={serving.BUNDLE_ARTIFACT: str(bundle_folder)},
+                artifacts={PYFUNC_BUNDLE_ARTIFACT: str(bundle_folder)},
                 code_paths=[str(package)],
                 signature=signature,
                 input_example=example_input,
@@ -260,8 +261,6 @@ class Tracker:
     def downloaded_bundle(self, model_name: str, version: str) -> Iterator[Path]:
         """A registered version's bundle folder (the pyfunc's ``bundle`` artifact), copied to a
         temporary folder that is removed afterwards."""
-        from pipeline.serving import BUNDLE_ARTIFACT
-
         root = self.client.get_model_version_download_uri(model_name, version).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="bundle-") as target:
-            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{BUNDLE_ARTIFACT}", dst_path=target))
+            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{PYFUNC_BUNDLE_ARTIFACT}", dst_path=target))

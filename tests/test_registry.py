@@ -12,12 +12,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pandas as pd
-import pytest
 from mlflow.tracking import MlflowClient
 
+import mlflow
 from pipeline import runner
 from pipeline.cli import main
 from tests.conftest import tiny_config
@@ -61,7 +60,7 @@ def test_pyfunc_scores_without_tensorflow(trained_store):
         "assert scores['score'].notna().sum() > 1000\n"
         "print('tensorflow' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
 
