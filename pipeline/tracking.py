@@ -209,10 +209,12 @@ class Tracker:
         if version is None:
             version = self._alias_version(model_name, alias)
             if version is None:
-                raise InputError(
-                    f"model '{model_name}' has no version with alias '{alias}': "
+                hint = (
                     f"promote one with 'anomaly-pipeline promote --model-name {model_name} --version N'"
+                    if alias == CHAMPION
+                    else "train a new version first, or name one with --version"
                 )
+                raise InputError(f"model '{model_name}' has no version with alias '{alias}': {hint}")
         try:
             found = self.client.get_model_version(model_name, str(version))
         except MlflowException as exc:
