@@ -1,6 +1,7 @@
 """Command line: parses arguments, calls the runner, maps errors to exit codes.
 
-Exit codes: 0 success; 1 unexpected failure; 2 bad input or config; 3 another run holds the lock.
+Exit codes: 0 success; 1 unexpected failure; 2 bad input or config; 3 another run holds the lock;
+4 ``promote``'s gate kept the champion.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="anomaly-pipeline",
         description="Anomaly detection on industrial sensor data: a Keras autoencoder learns normal behaviour, "
         "a calibrated threshold flags what departs from it, every run is logged to MLflow.",
-        epilog="exit codes: 0 success, 1 unexpected failure, 2 bad input or config, 3 another run holds the lock",
+        epilog="exit codes: 0 success, 1 unexpected failure, 2 bad input or config, 3 another run holds the lock, "
+        "4 promote's gate kept the champion",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -55,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retrain", action="store_true", help="train a new model version first, even if one exists")
     run.add_argument("--dry-run", action="store_true", help="list what would be processed; write nothing")
     _common(run)
+
+    promote = commands.add_parser(
+        "promote", help="give the champion alias (used by score and run) to a version, by default the challenger, if it passes the gate"
+    )
+    promote.add_argument("--version", metavar="N", help="version to promote (default: the one holding @challenger)")
+    promote.add_argument("--input", nargs="+", metavar="PATH", help="data to judge on (default: the files of the latest scoring run)")
+    promote.add_argument("--label-column", metavar="COL", help="judge by F1 against this label column instead of by alarm rate")
+    promote.add_argument("--force", action="store_true", help="promote without the gate (the decision is still logged)")
+    _common(promote)
     return parser
 
 
@@ -82,6 +93,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_score(outcome)
         return
     config = load_config(args.config)
+    if args.command == "promote":
+        outcome = runner.promote_job(args.model_name, args.version, args.tracking_uri, config, args.input, args.label_column, args.force)
+        before = f"version {outcome.champion_before}" if outcome.champion_before else "none"
+        verb = "promoted" if outcome.promoted else "kept"
+        print(f"{verb}: {args.model_name} version {outcome.version if outcome.promoted else outcome.champion_before} holds @champion "
+              f"(before: {before}); gate {outcome.gate}: {outcome.reason} (run {outcome.run_id})")  # fmt: skip
+        return
     if args.command == "train":
         config = with_overrides(
             config,

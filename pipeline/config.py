@@ -104,6 +104,13 @@ class ScoringConfig(_Section):
     batch_size: int = Field(default=4096, ge=1)  # windows per prediction batch (bounds memory)
 
 
+class PromotionConfig(_Section):
+    """The gate ``promote`` applies before a challenger becomes champion."""
+
+    alarm_rate_budget: float = Field(default=0.05, ge=0, le=1)  # without labels: most flagged/scored rows allowed
+    f1_tolerance: float = Field(default=0.0, ge=0, le=1)  # with labels: how much lower than the champion's F1 may be
+
+
 class PipelineConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -114,6 +121,7 @@ class PipelineConfig(_Section):
     threshold: ThresholdConfig = Field(default_factory=ThresholdConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key`` -> value, for logging as parameters."""

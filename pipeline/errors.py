@@ -17,3 +17,9 @@ class LockHeldError(PipelineError):
     """Another run holds the state lock: exit code 3."""
 
     exit_code = 3
+
+
+class PromotionRefused(PipelineError):
+    """The promotion gate kept the champion: exit code 4 (the decision is logged)."""
+
+    exit_code = 4

@@ -75,8 +75,42 @@ def error_histogram(errors: np.ndarray, threshold: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+DETAIL_SENSORS = 3  # signals drawn per event: the largest shares of its error
+
+
+def event_detail(detail, threshold: float, path: Path) -> Path:
+    """One event (an ``explain.EventDetail``): per-sensor shares of its error as bars, and for
+    the sensors with the largest shares the measured signal against the model's reconstruction,
+    the event's rows shaded."""
+    order = np.argsort(-detail.shares)
+    shown = order[:DETAIL_SENSORS]
+    fig = plt.figure(figsize=(12, 2.2 * len(shown) + 0.8), layout="constrained")
+    grid = fig.add_gridspec(len(shown), 2, width_ratios=[1, 2.4])
+    bars = fig.add_subplot(grid[:, 0])
+    names = [detail.sensors[i] for i in order][::-1]
+    bars.barh(names, detail.shares[order][::-1] * 100, color=["tab:red" if i in shown else "tab:gray" for i in order][::-1])
+    bars.set_xlabel("share of the event's reconstruction error (%)")
+    bars.set_title(f"event {detail.event_id} in {detail.source}: peak score {detail.peak_score:.3g} (threshold {threshold:.3g})", fontsize=9, loc="left")
+    bars.tick_params(axis="y", labelsize=8)
+    times = detail.timestamps.dt.tz_convert("UTC").dt.tz_localize(None) if detail.timestamps.dt.tz is not None else detail.timestamps
+    times = times.to_numpy()
+    marked = np.flatnonzero(detail.in_event)
+    for row, i in enumerate(shown):
+        ax = fig.add_subplot(grid[row, 1])
+        ax.plot(times, detail.actual[:, i], lw=1, color="tab:blue", label="measured")
+        ax.plot(times, detail.expected[:, i], lw=1, ls="--", color="tab:green", label="expected (reconstructed)")
+        if marked.size:
+            ax.axvspan(times[marked[0]], times[marked[-1]], color="tab:orange", alpha=0.25, label="event")
+        ax.set_ylabel(detail.sensors[i], fontsize=8)
+        ax.tick_params(labelsize=7)
+        if row == 0:
+            ax.legend(loc="upper left", fontsize=7, ncol=3)
+    return _save(fig, path, tight=False)

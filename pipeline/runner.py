@@ -24,11 +24,11 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from pipeline import plots
+from pipeline import describe, explain, plots
 from pipeline.bundle import ModelBundle, load_bundle
 from pipeline.calibrate import calibrate_threshold
 from pipeline.config import IngestConfig, PipelineConfig, to_yaml
-from pipeline.errors import InputError, LockHeldError
+from pipeline.errors import InputError, LockHeldError, PromotionRefused
 from pipeline.features import fit_scaler, segment_ids, window_starts
 from pipeline.ingest import (
     IngestResult,
@@ -72,7 +72,7 @@ from pipeline.stream import (
     global_segments,
     iso_ns,
 )
-from pipeline.tracking import Tracker, inputs_digest
+from pipeline.tracking import CHALLENGER, CHAMPION, Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +244,37 @@ def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, 
     return rows, event, events
 
 
+score_events = _score_events  # the registered pyfunc (pipeline.serving) scores through the same wiring
+
+
+def reading_config(config: PipelineConfig) -> PipelineConfig:
+    """The settings to read data to score: it needs no label, even when the model was trained on
+    labelled rows."""
+    return config.model_copy(update={"ingest": config.ingest.model_copy(update={"label_column": None})})
+
+
+def _log_event_plots(tracker: Tracker, bundle: ModelBundle, table: pd.DataFrame, rows, event, events, folder: Path) -> None:
+    """Per-sensor shares and expected-vs-measured signals of the top events, as ``plots/event_<id>.png``."""
+    for detail in explain.event_details(bundle, table, rows, event, events):
+        tracker.log_artifact(plots.event_detail(detail, bundle.threshold.value, folder / f"event_{detail.event_id}.png"), "plots")
+
+
+def _log_dataset(tracker: Tracker, loaded: LoadedInput, files: list[tuple[str, Path]], name: str, context: str) -> None:
+    """The input as an MLflow dataset: the files' digest, the validated table's schema, the files' place."""
+    table = loaded.result.table
+    columns = ["timestamp", *loaded.result.sensors]
+    tracker.log_dataset(table[columns], name, inputs_digest(loaded.digests), [path for _, path in files], context)
+
+
 def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list[tuple[str, Path]], out_dir: Path, run_id: str) -> ScoreOutcome:
     tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
     tracker.log_text(to_yaml(bundle.config), "config.yaml")
-    # Data to score needs no label, even when the model was trained on labelled rows.
-    reading = bundle.config.model_copy(update={"ingest": bundle.config.ingest.model_copy(update={"label_column": None})})
-    loaded = load_input(files, reading, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
-    tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "model_version": version})
+    loaded = load_input(files, reading_config(bundle.config), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "model_version": version, "source": _describe_inputs([p for _, p in files])})
+    paths = json.dumps([str(path.resolve()) for _, path in files])
+    if len(paths) <= 5000:  # promote re-reads the latest scored data from here
+        tracker.set_tags({"input_paths": paths})
+    _log_dataset(tracker, loaded, files, f"score {_describe_inputs([p for _, p in files])}", "scoring")
     rows, event, events = _score_events(bundle, loaded, version, run_id)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,6 +311,14 @@ def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list
     tracker.log_dict(loaded.quality, "quality_report.json")
     tracker.log_artifact(out_dir / "anomalies.csv")
     tracker.log_artifact(plot)
+    with tempfile.TemporaryDirectory(prefix="score-plots-") as tmp:
+        _log_event_plots(tracker, bundle, table, rows, event, events, Path(tmp))
+    tracker.set_description(
+        describe.scoring_description(
+            tracker.model_name, version, loaded.sources, inputs_digest(loaded.digests), loaded.quality,
+            outcome.rows_in, outcome.rows_scored, outcome.rows_flagged, bundle.threshold.value, events,
+        )
+    )  # fmt: skip
     if outcome.rows_scored == 0:
         log.warning(
             "no row has a full window of %d rows without a gap longer than %.0f s: every score is empty "
@@ -297,13 +329,11 @@ def _score_into(tracker: Tracker, bundle: ModelBundle, version: str, files: list
     return outcome
 
 
-def _load_registered(tracker: Tracker, model_name: str) -> tuple[ModelBundle, str]:
-    latest = tracker.latest_version(model_name)
-    if latest is None:
-        raise InputError(f"no registered model named '{model_name}' in {tracker.uri}: run 'anomaly-pipeline train' first")
-    version, run_id = latest
-    with tracker.downloaded_bundle(run_id) as folder:
-        return load_bundle(folder), version
+def _load_registered(tracker: Tracker, model_name: str, version: str | None = None) -> tuple[ModelBundle, str]:
+    """The bundle of a version of ``model_name``: the given one, else the one holding ``champion``."""
+    found = tracker.model_version(model_name, version, alias=CHAMPION)
+    with tracker.downloaded_bundle(model_name, found.version) as folder:
+        return load_bundle(folder), found.version
 
 
 def score_job(inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None) -> ScoreOutcome:
@@ -329,9 +359,10 @@ def _train_into(tracker: Tracker, files: list[tuple[str, Path]], config: Pipelin
     tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
     tracker.log_text(to_yaml(config), "config.yaml")
     loaded = load_input(files, config)
-    tracker.set_tags({"input_digest": inputs_digest(loaded.digests)})
+    tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "source": _describe_inputs([p for _, p in files])})
     tracker.log_dict(loaded.quality, "quality_report.json")
     tracker.log_metrics(quality_figures(loaded.quality))
+    _log_dataset(tracker, loaded, files, f"train {_describe_inputs([p for _, p in files])}", "training")
 
     bundle, fit = fit_bundle(loaded.result, config)
     tracker.log_history(fit.history)
@@ -353,9 +384,27 @@ def _train_into(tracker: Tracker, files: list[tuple[str, Path]], config: Pipelin
         if len(loaded.result.rejected):
             write_csv_atomic(pa.Table.from_pandas(loaded.result.rejected, preserve_index=False), tmp_dir / "quarantine.csv")
             tracker.log_artifact(tmp_dir / "quarantine.csv")
-        version = tracker.register_bundle(bundle.save(tmp_dir / "bundle"), model_name, run_id)
-    tracker.set_tags({"model_version": version})
-    log.info("registered %s version %s (threshold %.5g)", model_name, version, threshold.value)
+        folder = bundle.save(tmp_dir / "bundle")
+        # The saved bundle as scoring will load it: it scores the training input for review and
+        # gives the registered model's example output.
+        saved = load_bundle(folder)
+        table = loaded.result.table
+        rows, event, events = _score_events(saved, loaded, "", run_id)
+        tracker.log_artifact(plots.score_plot(table["timestamp"], table["source"], rows.score, threshold.value, events, tmp_dir / "scores.png"), "plots")
+        _log_event_plots(tracker, saved, table, rows, event, events, tmp_dir)
+        from pipeline import serving  # MLflow's pyfunc machinery, only where a model is registered
+
+        example = serving.input_example(loaded.result, saved)
+        version, alias = tracker.register_model(folder, model_name, run_id, example, serving.predict_frame(saved, example))
+    tracker.set_tags({"model_version": version, "model_alias": alias})
+    tracker.set_description(
+        describe.training_description(
+            model_name, version, alias, loaded.sources, inputs_digest(loaded.digests), loaded.quality,
+            config.training.normal_until, config.ingest.label_column, fit.rows, bundle.window_size, threshold,
+            fit.history, fit.best_epoch, events,
+        )
+    )  # fmt: skip
+    log.info("registered %s version %s as @%s (threshold %.5g)", model_name, version, alias, threshold.value)
     return TrainOutcome(run_id=run_id, model_version=version, threshold=threshold.value, rows=fit.rows)
 
 
@@ -364,6 +413,124 @@ def train_job(inputs: list[str | Path], config: PipelineConfig, model_name: str,
     tracker = Tracker(tracking_uri, model_name)
     with tracker.run("train", run_name=f"train {model_name} {_describe_inputs(inputs)}", tags={"model_name": model_name}) as run_id:
         return _train_into(tracker, discover_files(inputs), config, model_name, run_id)
+
+
+# ---------------------------------------------------------------- promotion
+
+
+@dataclass
+class PromoteOutcome:
+    run_id: str
+    version: str
+    champion_before: str | None
+    promoted: bool
+    gate: str
+    reason: str
+    figures: dict[str, Any]
+
+
+def _gate_figures(bundle: ModelBundle, files: list[tuple[str, Path]], label_column: str | None) -> dict[str, float]:
+    """Alarm rate (flagged / scored rows) of a model on files and, with a label column, its
+    point-wise F1, false-alarm and missed-alarm rates against the labels (SKAB's definitions)."""
+    reading = reading_config(bundle.config)
+    if label_column:
+        reading = reading.model_copy(update={"ingest": reading.ingest.model_copy(update={"label_column": label_column})})
+    loaded = load_input(files, reading, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    rows, event, _ = _score_events(bundle, loaded, "", "")
+    flagged = event > 0
+    scored = np.isfinite(rows.score)
+    figures = {"rows_scored": float(scored.sum()), "alarm_rate": float(flagged.sum() / max(int(scored.sum()), 1))}
+    if label_column:
+        actual = loaded.result.table["label"].to_numpy() != 0
+        tp, fp = int((flagged & actual).sum()), int((flagged & ~actual).sum())
+        fn, tn = int((~flagged & actual).sum()), int((~flagged & ~actual).sum())
+        figures.update(
+            f1=tp / max(tp + (fp + fn) / 2, 1e-12), far=fp / max(fp + tn, 1), mar=fn / max(fn + tp, 1), labelled_anomalies=float(tp + fn)
+        )
+    return figures
+
+
+def _latest_scored_files(tracker: Tracker, model_name: str) -> list[tuple[str, Path]]:
+    latest = tracker.latest_run("score", model_name)
+    paths = json.loads(latest.data.tags.get("input_paths", "[]")) if latest else []
+    missing = [p for p in paths if not Path(p).is_file()]
+    if not paths or missing:
+        why = "no scoring run records its input" if not paths else f"the latest scored file {missing[0]} is gone"
+        raise InputError(f"promote: {why}; give the data to judge the challenger on with --input")
+    return discover_files(paths)
+
+
+def promote_job(
+    model_name: str,
+    version: str | None,
+    tracking_uri: str | None,
+    config: PipelineConfig,
+    inputs: list[str | Path] | None = None,
+    label_column: str | None = None,
+    force: bool = False,
+) -> PromoteOutcome:
+    """Give ``champion`` to a version (default: the ``challenger``) if it passes the gate.
+
+    Gate: with ``label_column``, the candidate's F1 on ``inputs`` must be at least the
+    champion's minus ``promotion.f1_tolerance``; without labels, its alarm rate on ``inputs``
+    (default: the files of the latest scoring run) must be at most
+    ``promotion.alarm_rate_budget``. The first champion and ``force`` skip the gate. The
+    decision and its figures are logged as a run with stage ``promote``.
+
+    Raises:
+        InputError: unknown model or version, or no data to judge on.
+        PromotionRefused: the gate kept the champion.
+    """
+    tracker = Tracker(tracking_uri, model_name)
+    candidate = tracker.model_version(model_name, version, alias=CHALLENGER)
+    champion = tracker.aliases(model_name).get(CHAMPION)
+    budget, tolerance = config.promotion.alarm_rate_budget, config.promotion.f1_tolerance
+    figures: dict[str, Any] = {}
+    with tracker.run("promote", run_name=f"promote {model_name} v{candidate.version}", tags={"model_name": model_name}) as run_id:
+        tracker.log_params({"candidate_version": candidate.version, "champion_version": champion or "", "alarm_rate_budget": budget,
+                            "f1_tolerance": tolerance, "label_column": label_column or "", "force": force})  # fmt: skip
+        if champion == candidate.version:
+            gate, promoted, reason = "none", False, f"version {candidate.version} already holds @{CHAMPION}."
+        elif champion is None:
+            gate, promoted, reason = "none", True, "no version held @champion."
+        elif force:
+            gate, promoted, reason = "forced", True, "promoted with --force, without the gate."
+        else:
+            files = discover_files(inputs) if inputs else _latest_scored_files(tracker, model_name)
+            tracker.set_tags({"source": _describe_inputs([p for _, p in files]), "input_paths": json.dumps([str(p) for _, p in files])[:5000]})
+            new_bundle, _ = _load_registered(tracker, model_name, candidate.version)
+            old_bundle, _ = _load_registered(tracker, model_name, champion)
+            new, old = _gate_figures(new_bundle, files, label_column), _gate_figures(old_bundle, files, label_column)
+            figures = {**{f"challenger_{k}": v for k, v in new.items()}, **{f"champion_{k}": v for k, v in old.items()}}
+            if label_column:
+                gate = "labels"
+                promoted = new["f1"] >= old["f1"] - tolerance
+                reason = (
+                    f"F1 on the labelled data: challenger {new['f1']:.4f}, champion {old['f1']:.4f} (tolerance {tolerance:g}): "
+                    + ("not worse." if promoted else "the challenger is worse.")
+                )
+            else:
+                gate = "alarm_rate"
+                promoted = new["alarm_rate"] <= budget
+                reason = (
+                    f"alarm rate on the data: challenger {new['alarm_rate']:.2%} (champion {old['alarm_rate']:.2%}), "
+                    f"budget {budget:.2%}: " + ("within budget." if promoted else "over budget.")
+                )
+        tracker.log_metrics({k: v for k, v in figures.items() if isinstance(v, float)} | {"promoted": float(promoted)})
+        decision = "promoted" if promoted else ("kept" if champion == candidate.version else "refused")
+        tracker.set_tags({"decision": decision, "gate": gate, "model_version": candidate.version})
+        record = {"decision": decision, "gate": gate, "reason": reason, "challenger": candidate.version, "champion": champion, "figures": figures}
+        tracker.log_dict(record, "promotion.json")
+        tracker.set_description(describe.promotion_description(model_name, record))
+        if promoted:
+            tracker.set_alias(model_name, CHAMPION, candidate.version)
+            if CHALLENGER in candidate.aliases:
+                tracker.delete_alias(model_name, CHALLENGER)
+        log.info("promote %s version %s: %s (%s)", model_name, candidate.version, decision, reason)
+        outcome = PromoteOutcome(run_id, candidate.version, champion, promoted, gate, reason, figures)
+    if decision == "refused":
+        raise PromotionRefused(f"{model_name} version {candidate.version} not promoted: {reason} (run {run_id})")
+    return outcome
 
 
 # ---------------------------------------------------------------- scheduled batch

@@ -14,7 +14,9 @@ import os
 import socket
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,17 @@ from mlflow.tracking import MlflowClient
 
 import mlflow
 import pipeline
+from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
-BUNDLE_ARTIFACT_PATH = "model"
+BUNDLE_ARTIFACT_PATH = "model"  # the run-relative name of the logged model
+CHAMPION = "champion"  # the alias score and run use
+CHALLENGER = "challenger"  # the alias of a newer version waiting for promotion
+DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
+PYFUNC_BUNDLE_ARTIFACT = "bundle"  # the bundle folder's name among the pyfunc model's artifacts
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -96,10 +103,25 @@ def inputs_digest(digests: dict[str, str]) -> str:
     return sha.hexdigest()
 
 
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One version of a registered model: its number, the run that trained it, its aliases."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+
+
 class Tracker:
-    """A tracking store and the experiment of one model name."""
+    """A tracking store and the experiment of one model name.
+
+    The experiment is named after the model, unless ``MLFLOW_EXPERIMENT_NAME`` names another.
+    """
 
     def __init__(self, tracking_uri: str | None, experiment_name: str):
+        self.model_name = experiment_name
+        experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
         self.uri = resolve_tracking_uri(tracking_uri)
         db_path = _sqlite_path(self.uri)
         connect_uri = _with_busy_timeout(self.uri)
@@ -185,14 +207,107 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
 
-    def register_bundle(self, bundle_folder: Path, model_name: str, run_id: str) -> str:
-        """Log a bundle folder as the run's ``model`` artifacts and register it; returns the version."""
-        mlflow.log_artifacts(str(bundle_folder), BUNDLE_ARTIFACT_PATH)
+    def set_description(self, markdown: str) -> None:
+        """The run's description, shown at the top of its page in the MLflow UI."""
+        mlflow.set_tag(DESCRIPTION_TAG, markdown)
+
+    def log_dataset(self, frame: Any, name: str, digest: str, paths: list[Path], context: str) -> None:
+        """Log a table as the run's input dataset: schema and row count from ``frame``, the
+        given digest (the files' sha256), and the files (or their common folder) as source."""
+        paths = [Path(p).resolve() for p in paths]
+        where = paths[0] if len(paths) == 1 else Path(os.path.commonpath([str(p) for p in paths]))
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(where), name=name, digest=digest[:32])
+        mlflow.log_input(dataset, context=context)
+
+    def register_model(
+        self, bundle_folder: Path, model_name: str, run_id: str, example_input: Any, example_output: Any
+    ) -> tuple[str, str]:
+        """Log the bundle as a pyfunc model (``pipeline.serving``) and register it.
+
+        The first version of a name gets the alias ``champion``, later ones ``challenger``
+        (promote moves ``champion``). Returns (version, alias).
+        """
+        from mlflow.models import infer_signature
+
+        from pipeline import serving
+
+        package = Path(pipeline.__file__).parent
+        with warnings.catch_warnings():  # "integer columns cannot hold missing values": anomaly is 0/1, never missing
+            warnings.simplefilter("ignore", UserWarning)
+            signature = infer_signature(example_input, example_output, params={"source": serving.DEFAULT_SOURCE})
+            info = mlflow.pyfunc.log_model(
+                name=BUNDLE_ARTIFACT_PATH,
+                python_model=str(package / "pyfunc_model.py"),
+                artifacts={PYFUNC_BUNDLE_ARTIFACT: str(bundle_folder)},
+                code_paths=[str(package)],
+                signature=signature,
+                input_example=example_input,
+                pip_requirements=serving.requirements(),
+            )
         with contextlib.suppress(MlflowException):  # already registered
             self.client.create_registered_model(model_name)
-        source = f"runs:/{run_id}/{BUNDLE_ARTIFACT_PATH}"
-        version = self.client.create_model_version(model_name, source=source, run_id=run_id)
-        return str(version.version)
+        version = str(
+            self.client.create_model_version(model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id).version
+        )
+        alias = CHALLENGER if self._alias_version(model_name, CHAMPION) else CHAMPION
+        self.client.set_registered_model_alias(model_name, alias, version)
+        return version, alias
+
+    def _alias_version(self, model_name: str, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(model_name, alias).version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def model_version(self, model_name: str, version: str | None = None, alias: str = CHAMPION) -> RegisteredVersion:
+        """A registered version by number, else the one holding ``alias``.
+
+        Raises:
+            InputError: no such model, version or alias.
+        """
+        if self.latest_version(model_name) is None:
+            raise InputError(f"no registered model named '{model_name}' in {self.uri}: run 'anomaly-pipeline train' first")
+        if version is None:
+            version = self._alias_version(model_name, alias)
+            if version is None:
+                hint = (
+                    f"promote one with 'anomaly-pipeline promote --model-name {model_name} --version N'"
+                    if alias == CHAMPION
+                    else "train a new version first, or name one with --version"
+                )
+                raise InputError(f"model '{model_name}' has no version with alias '{alias}': {hint}")
+        try:
+            found = self.client.get_model_version(model_name, str(version))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise InputError(f"model '{model_name}' has no version '{version}'") from None
+            raise
+        return RegisteredVersion(model_name, str(found.version), found.run_id, tuple(found.aliases or ()))
+
+    def aliases(self, model_name: str) -> dict[str, str]:
+        """Alias -> version of a registered model."""
+        return {alias: str(v) for alias, v in (self.client.get_registered_model(model_name).aliases or {}).items()}
+
+    def set_alias(self, model_name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(model_name, alias, version)
+
+    def delete_alias(self, model_name: str, alias: str) -> None:
+        self.client.delete_registered_model_alias(model_name, alias)
+
+    def latest_run(self, stage: str, model_name: str) -> Any | None:
+        """The newest finished run of ``stage`` for ``model_name`` in this experiment, or None."""
+        quote = '"' if "'" in model_name else "'"
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.stage = '{stage}' and tags.model_name = {quote}{model_name}{quote} and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
 
     def latest_version(self, model_name: str) -> tuple[str, str] | None:
         """(version, run id) of the newest registered version of ``model_name``, or None."""
@@ -210,7 +325,9 @@ class Tracker:
         return str(newest.version), newest.run_id
 
     @contextlib.contextmanager
-    def downloaded_bundle(self, run_id: str) -> Iterator[Path]:
-        """A run's bundle folder, copied to a temporary folder that is removed afterwards."""
+    def downloaded_bundle(self, model_name: str, version: str) -> Iterator[Path]:
+        """A registered version's bundle folder (the pyfunc's ``bundle`` artifact), copied to a
+        temporary folder that is removed afterwards."""
+        root = self.client.get_model_version_download_uri(model_name, version).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="bundle-") as target:
-            yield Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT_PATH, dst_path=target))
+            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{PYFUNC_BUNDLE_ARTIFACT}", dst_path=target))

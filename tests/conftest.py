@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -69,15 +70,30 @@ def tracking_uri(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
 
 
-@pytest.fixture(scope="session")
-def trained_store(tmp_path_factory, tiny_frame) -> Path:
-    """A sqlite store holding model 'pump' version 1 (window 8), trained once per session."""
-    from pipeline.runner import train_job
+@dataclass
+class TrainedStore:
+    """A tracking store holding one training and one scoring run of model ``pump`` (version 1)."""
 
-    folder = tmp_path_factory.mktemp("trained")
-    tiny_frame.to_csv(folder / "pump.csv", index=False)
-    train_job([folder / "pump.csv"], tiny_config(), "pump", f"sqlite:///{folder / 'ml' / 'mlflow.db'}")
-    return folder / "ml" / "mlflow.db"
+    uri: str
+    root: Path
+    csv: Path
+    out: Path
+    train_run_id: str
+    score_run_id: str
+
+
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory, tiny_frame) -> TrainedStore:
+    """Trained once per session and shared: the registry, UI and notebook tests only read it."""
+    from pipeline import runner
+
+    root = tmp_path_factory.mktemp("store")
+    csv = root / "pump.csv"
+    tiny_frame.to_csv(csv, index=False)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    trained = runner.train_job([csv], tiny_config(), "pump", uri)
+    scored = runner.score_job([csv], root / "out", "pump", uri)
+    return TrainedStore(uri, root, csv, root / "out", trained.run_id, scored.run_id)
 
 
 @pytest.fixture()
@@ -85,7 +101,7 @@ def store(tmp_path, trained_store) -> str:
     """This test's copy of the trained store (the model's artifacts stay, read only, where they are)."""
     target = tmp_path / "ml" / "mlflow.db"
     target.parent.mkdir()
-    shutil.copy(trained_store, target)
+    shutil.copy(trained_store.root / "mlflow.db", target)
     return f"sqlite:///{target}"
 
 

@@ -65,7 +65,7 @@ def test_train_then_score_end_to_end(tmp_path, tiny_csv, tiny_config_file, track
     assert len(client.get_metric_history(trained.info.run_id, "loss")) >= 1
     assert {"input_digest", "project_version", "model_version"} <= set(trained.data.tags)
     artifacts = {a.path for a in client.list_artifacts(trained.info.run_id)}
-    assert {"config.yaml", "quality_report.json", "threshold.json", "model", "plots"} <= artifacts
+    assert {"config.yaml", "quality_report.json", "threshold.json", "plots"} <= artifacts
     scored = by_stage["score"]
     assert scored.data.metrics["events"] == len(anomalies)
     assert {"anomalies.csv", "scores.png", "quality_report.json"} <= {a.path for a in client.list_artifacts(scored.info.run_id)}
