@@ -115,10 +115,12 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     window = config.features.window_size
     normal = normal_mask(table, config)
     n_normal = int(normal.sum())
-    # Each of the three parts below needs at least one window.
+    # Training windows lie wholly in the first part; the early-stopping and calibration windows
+    # end in their own part and may reach back into earlier rows as context (as a scored row's
+    # window does), so a few hundred normal rows suffice even for long windows.
     training = config.training
-    smallest_part = min(training.holdout_fraction, training.validation_fraction * (1 - training.holdout_fraction))
-    needed = int(np.ceil(window / smallest_part))
+    fit_share = (1 - training.holdout_fraction) * (1 - training.validation_fraction)
+    needed = max(int(np.ceil(window / fit_share)), int(np.ceil(1 / min(training.holdout_fraction, (1 - training.holdout_fraction) * training.validation_fraction))))
     if n_normal < needed:
         raise InputError(
             f"{', '.join(sorted(table['source'].unique()))}: {n_normal} normal rows, need at least {needed} "
@@ -135,7 +137,6 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
     segment = segment_ids(table["timestamp"], max_gap)
     stretch = np.cumsum(np.concatenate([[0], (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)]))[normal]
-    stretch = np.cumsum(np.concatenate([[0], (np.diff(stretch) != 0) | (np.diff(part) != 0)]))
 
     raw = table[result.sensors].to_numpy(dtype=np.float64)[normal]
     scaler = fit_scaler(raw[part < 2], result.sensors)
@@ -174,10 +175,13 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
 
 
 def _part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:
-    rows = np.flatnonzero(part == which)
-    if rows.size == 0:
-        return rows
-    return rows[window_starts(stretch[rows], window, stride)]
+    """Start rows (among the normal rows) of the windows whose last row is in part ``which``.
+
+    Parts come in time order, so a training window (part 0) lies wholly in training rows.
+    """
+    starts = window_starts(stretch, window, 1)
+    starts = starts[part[starts + window - 1] == which]
+    return starts[::stride]
 
 
 # ---------------------------------------------------------------- scoring

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.features import Scaler, gather_windows, segment_ids, window_starts
+
+if TYPE_CHECKING:
+    from pipeline.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +115,20 @@ def score_table(
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
     _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, by_end_row=True)
     return RowScores(score=score, contributions=contributions, segment=segment)
+
+
+def score_rows(bundle: ModelBundle, table: pd.DataFrame, progress: bool = False) -> RowScores:
+    """Score every row of a validated, time-sorted table with a bundle: what ``score`` reports."""
+    return score_table(
+        bundle.model, bundle.scaler, table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=progress
+    )
+
+
+def flag_rows(bundle: ModelBundle, rows: RowScores, sources: np.ndarray) -> np.ndarray:
+    """0/1 per row: the row belongs to an event (``report.assign_events`` with the bundle's policy)."""
+    from pipeline.report import assign_events  # report imports this module
+
+    source_code = pd.factorize(sources)[0]
+    change = np.concatenate([[False], (source_code[1:] != source_code[:-1]) | (np.diff(rows.segment) != 0)])
+    event = assign_events(rows.score, bundle.threshold.value, np.cumsum(change), bundle.config.events)
+    return (event > 0).astype(np.int8)

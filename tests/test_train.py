@@ -80,6 +80,6 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
 
 def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
     config = tiny_config().model_copy(deep=True)
-    config.training.normal_until = "2026-10-01 00:20"
+    config.training.normal_until = "2026-10-01 00:10"  # 10 rows: fewer than window 8 needs for its three parts
     with pytest.raises(InputError, match="normal rows, need at least"):
         fit_bundle(_result(tiny_frame), config)
