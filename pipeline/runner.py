@@ -34,7 +34,16 @@ from pipeline.features import fit_scaler, segment_ids, window_starts
 from pipeline.ingest import IngestResult, discover_files, file_digest, read_source, validate
 from pipeline.quality import quality_figures, quality_report, sampling_interval_seconds
 from pipeline.report import assign_events, scores_batches, scores_schema, summarise_events
-from pipeline.score import reconstruction_errors, score_table
+from pipeline.score import (
+    ErrorNormaliser,
+    fit_drift_rate,
+    fit_error_scale,
+    reconstruction_errors,
+    score_rows,
+    sensor_errors,
+    smooth_trailing,
+    utc_ns,
+)
 from pipeline.tracking import Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
@@ -152,7 +161,21 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     from pipeline.train import train_autoencoder  # TensorFlow is imported only where training needs it
 
     trained = train_autoencoder(values, train_starts, val_starts, window, config.model)
-    errors, _ = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)
+    errors, shares = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)
+    # The held-out windows' scores, computed as scoring will: normalised per sensor, smoothed.
+    error_scale = drift_rate = drift_reference = None
+    if config.scoring.normalise_sensors:
+        times = table["timestamp"][normal]
+        times_ns = utc_ns(times)
+        error_scale = fit_error_scale(errors, shares)
+        fit_rows_idx = np.flatnonzero(part == 0)
+        drift_rate = fit_drift_rate(values[fit_rows_idx], times_ns[fit_rows_idx])
+        drift_reference = times.iloc[int(fit_rows_idx[-1])].isoformat()
+        normaliser = ErrorNormaliser(np.asarray(error_scale), np.asarray(drift_rate), config.scoring.drift_allowance, int(times_ns[fit_rows_idx[-1]]))
+        weights = normaliser.weights(times_ns[holdout_starts + window - 1])
+        errors = (sensor_errors(errors, shares) * weights).mean(axis=1)
+    errors = smooth_trailing(errors, config.scoring.smoothing_rows, stretch[holdout_starts])
+    errors = errors[np.isfinite(errors)]
     threshold = calibrate_threshold(errors, config.threshold)
     log.info("threshold %.5g (%s %s)", threshold.value, threshold.method, threshold.params)
     rows = {
@@ -170,6 +193,9 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
         sampling_interval_seconds=interval,
         max_gap_seconds=float(max_gap),
         training={**rows, "normal_until": config.training.normal_until, "label_column": config.ingest.label_column},
+        error_scale=error_scale,
+        drift_rate=drift_rate,
+        drift_reference=drift_reference,
     )
     return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
 
@@ -201,9 +227,7 @@ class ScoreOutcome:
 def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
     """Row scores, event number per row and the events frame (the scores table is left to the caller)."""
     table = loaded.result.table
-    rows = score_table(
-        bundle.model, bundle.scaler, table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=True
-    )
+    rows = score_rows(bundle, table, progress=True)
     source_code = pd.factorize(table["source"])[0]  # int codes: no Python string per row
     source_change = np.concatenate([[False], source_code[1:] != source_code[:-1]])
     groups = np.cumsum(source_change | np.concatenate([[False], np.diff(rows.segment) != 0]))

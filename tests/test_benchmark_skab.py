@@ -77,7 +77,7 @@ def test_classic_peers_flag_a_sensor_leaving_its_range(name):
 
 
 def test_conv_ae_peer_predicts_one_flag_per_test_row():
-    values, labels = _steady_then_shifted(1)
+    values, _ = _steady_then_shifted(1)
     result = run_peer("conv_ae", values, test_start=400, epochs=2)
     assert result.anomaly.shape == (100,) and set(np.unique(result.anomaly)) <= {0, 1}
     # A row is only flagged when every window holding it exceeds, so flags come in runs.

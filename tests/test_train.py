@@ -10,7 +10,7 @@ from pipeline.errors import InputError
 from pipeline.ingest import IngestResult
 from pipeline.model import build_autoencoder
 from pipeline.runner import fit_bundle, normal_mask
-from pipeline.score import score_table
+from pipeline.score import score_rows
 from tests.conftest import TINY_NORMAL_UNTIL, tiny_config
 
 
@@ -57,22 +57,25 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
     assert len(report.history["loss"]) >= 1 and len(report.history["val_loss"]) == len(report.history["loss"])
     assert report.rows["calibration_windows"] == report.holdout_errors.size > 0
     assert bundle.threshold.n_windows == report.holdout_errors.size
-    assert bundle.threshold.value < report.holdout_errors.max() * 1.0001
+    # The default threshold: a tail fit above the held-out errors' pot_level quantile, times the margin.
+    before = bundle.threshold.params["before_margin"]
+    assert bundle.threshold.value == pytest.approx(before * config.threshold.margin)
+    assert before > np.quantile(report.holdout_errors, config.threshold.pot_level)
 
-    rows = score_table(bundle.model, bundle.scaler, result.table, bundle.window_size, bundle.max_gap_seconds, 256)
+    rows = score_rows(bundle, result.table)
     window = bundle.window_size
     assert np.isnan(rows.score[: window - 1]).all() and np.isfinite(rows.score[window - 1 :]).all()
     np.testing.assert_allclose(np.nansum(rows.contributions[window:], axis=1), 1.0, rtol=1e-4)
     spikes = (tiny_frame["timestamp"] >= "2026-10-01 20:10") & (tiny_frame["timestamp"] < "2026-10-01 21:00")
     assert np.median(rows.score[spikes.to_numpy()]) > bundle.threshold.value
 
-    short = score_table(bundle.model, bundle.scaler, result.table.iloc[: window - 1], window, bundle.max_gap_seconds, 256)
+    short = score_rows(bundle, result.table.iloc[: window - 1])
     assert np.isnan(short.score).all()  # fewer rows than one window: every score empty, no error
 
     loaded = load_bundle(bundle.save(tmp_path / "bundle"))
     assert loaded.describe() == bundle.describe()
     assert type(loaded.model).__name__ == "NumpyAutoencoder"  # scoring runs without TensorFlow
-    again = score_table(loaded.model, loaded.scaler, result.table, loaded.window_size, loaded.max_gap_seconds, 256)
+    again = score_rows(loaded, result.table)
     np.testing.assert_allclose(again.score, rows.score, rtol=1e-5)
     with_keras = load_bundle(tmp_path / "bundle", keras_model=True)
     assert type(with_keras.model).__name__ == "Functional"
