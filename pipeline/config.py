@@ -93,7 +93,7 @@ class ThresholdConfig(_Section):
     k: float = Field(default=4.0, gt=0)  # for mean_std: mean + k * std
     risk: float = Field(default=1e-3, gt=0, lt=1)  # for pot: chance that a normal window's error exceeds the threshold
     pot_level: float = Field(default=0.9, gt=0, lt=1)  # for pot: quantile above which the tail is fitted
-    margin: float = Field(default=1.25, gt=0)  # the threshold is the method's value times this
+    margin: float = Field(default=1.5, gt=0)  # the threshold is the method's value times this
 
 
 class EventsConfig(_Section):
