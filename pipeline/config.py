@@ -75,6 +75,7 @@ class ModelConfig(_Section):
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     patience: int = Field(default=5, ge=1)  # early stopping on validation loss
+    input_noise: float = Field(default=0.0, ge=0)  # denoising: std of Gaussian noise on training inputs (scaled units)
     seed: int = 42
 
     @model_validator(mode="after")

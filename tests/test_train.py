@@ -86,3 +86,16 @@ def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
     config.training.normal_until = "2026-10-01 00:10"  # 10 rows: fewer than window 8 needs for its three parts
     with pytest.raises(InputError, match="normal rows, need at least"):
         fit_bundle(_result(tiny_frame), config)
+
+
+def test_denoising_batches_have_noisy_inputs_and_clean_targets():
+    from pipeline.train import WindowBatches
+
+    values = np.arange(40, dtype=np.float32).reshape(20, 2)
+    starts = np.arange(0, 16)
+    inputs, targets = WindowBatches(values, starts, 4, 8, shuffle_seed=0, input_noise=0.5)[0]
+    clean_inputs, clean_targets = WindowBatches(values, starts, 4, 8, shuffle_seed=0)[0]
+    np.testing.assert_array_equal(targets, clean_targets)
+    np.testing.assert_array_equal(clean_inputs, clean_targets)
+    noise = inputs - targets
+    assert noise.std() == pytest.approx(0.5, rel=0.3) and abs(noise.mean()) < 0.2
