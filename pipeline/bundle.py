@@ -37,6 +37,9 @@ class ModelBundle:
     sampling_interval_seconds: float
     max_gap_seconds: float
     training: dict[str, Any] = field(default_factory=dict)  # provenance: rows, normal period, digest
+    error_scale: list[float] | None = None  # per-sensor divisor of the squared error (None: 1.0)
+    drift_rate: list[float] | None = None  # per-sensor trend in the training rows, scaled units per second
+    drift_reference: str | None = None  # UTC time the drift allowance counts from (end of the training rows)
 
     @property
     def sensors(self) -> list[str]:
@@ -48,9 +51,8 @@ class ModelBundle:
 
     @property
     def context_rows(self) -> int:
-        """Rows before a batch that its first row's score depends on (kept between scheduled
-        batches, so cutting a series into files changes no score)."""
-        return self.window_size - 1
+        """Earlier rows a row's score depends on: the window's, plus the smoothing's."""
+        return self.window_size - 1 + self.config.scoring.smoothing_rows - 1
 
     def describe(self) -> dict[str, Any]:
         """Everything but the Keras model, as JSON-ready data."""
@@ -63,6 +65,9 @@ class ModelBundle:
             "max_gap_seconds": self.max_gap_seconds,
             "scaler": self.scaler.to_dict(),
             "threshold": self.threshold.to_dict(),
+            "error_scale": self.error_scale,
+            "drift_rate": self.drift_rate,
+            "drift_reference": self.drift_reference,
             "config": self.config.model_dump(),
             "training": self.training,
         }
@@ -109,4 +114,7 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
         sampling_interval_seconds=meta["sampling_interval_seconds"],
         max_gap_seconds=meta["max_gap_seconds"],
         training=meta.get("training", {}),
+        error_scale=meta.get("error_scale"),
+        drift_rate=meta.get("drift_rate"),
+        drift_reference=meta.get("drift_reference"),
     )

@@ -66,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--label-column", metavar="COL", help="judge by F1 against this label column instead of by alarm rate")
     promote.add_argument("--force", action="store_true", help="promote without the gate (the decision is still logged)")
     _common(promote)
+
+    benchmark = commands.add_parser("benchmark", help="measure detection quality on a public benchmark, beside peer detectors")
+    suites = benchmark.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    skab = suites.add_parser("skab", help="SKAB outlier detection: fit on rows 0..399 of each labelled file, predict the rest")
+    skab.add_argument("--data", required=True, metavar="DIR", help="SKAB folder holding valve1/, valve2/ and other/")
+    skab.add_argument("--out", required=True, metavar="DIR", help="folder for predictions and summary.json / summary.md")
+    skab.add_argument("--detector", nargs="+", metavar="NAME", help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae")
+    skab.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
+    skab.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)")
+    skab.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
     return parser
 
 
@@ -88,6 +98,15 @@ def _dispatch(args: argparse.Namespace) -> int:
     if out and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
 
+    if args.command == "benchmark":
+        from pipeline.benchmark.skab import run_benchmark
+
+        if not Path(args.data).is_dir():
+            raise InputError(f"--data {args.data}: not a folder")
+        summary = run_benchmark(Path(args.data), Path(args.out), args.tracking_uri, args.detector, load_config(args.config))
+        _print_benchmark(summary, Path(args.out))
+        print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+        return
     if args.command == "score":
         outcome = runner.score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
         _print_score(outcome)
@@ -154,6 +173,14 @@ def _print_score(outcome) -> None:
         f"{outcome.rows_flagged} flagged in {outcome.events} event(s)\n"
         f"report: {outcome.out_dir / 'anomalies.csv'} (per-row scores: {outcome.out_dir / 'scores.csv'})"
     )
+
+
+def _print_benchmark(summary: dict, out: Path) -> None:
+    print(f"SKAB: {summary['files']} files in {summary['wall_seconds']:.0f} s (F1 / FAR / MAR, point-wise over all test rows)")
+    for name, result in summary["detectors"].items():
+        o = result["overall"]
+        print(f"  {name:<17} {o['f1']:.3f} / {100 * o['far']:5.2f} % / {100 * o['mar']:5.2f} %")
+    print(f"summary: {out / 'summary.md'} (per group and per file; predictions in {out / 'predictions'})")
 
 
 def _ui_uri(flag: str | None) -> str:

@@ -75,6 +75,7 @@ class ModelConfig(_Section):
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     patience: int = Field(default=5, ge=1)  # early stopping on validation loss
+    input_noise: float = Field(default=0.0, ge=0)  # denoising: std of Gaussian noise on training inputs (scaled units)
     seed: int = 42
 
     @model_validator(mode="after")
@@ -88,9 +89,12 @@ class ModelConfig(_Section):
 class ThresholdConfig(_Section):
     """How the alarm threshold is calibrated on held-out normal errors."""
 
-    method: Literal["quantile", "mean_std"] = "quantile"
+    method: Literal["quantile", "mean_std", "pot"] = "pot"
     quantile: float = Field(default=0.995, gt=0, lt=1)
     k: float = Field(default=4.0, gt=0)  # for mean_std: mean + k * std
+    risk: float = Field(default=1e-3, gt=0, lt=1)  # for pot: chance that a normal window's error exceeds the threshold
+    pot_level: float = Field(default=0.9, gt=0, lt=1)  # for pot: quantile above which the tail is fitted
+    margin: float = Field(default=1.5, gt=0)  # the threshold is the method's value times this
 
 
 class EventsConfig(_Section):
@@ -101,7 +105,12 @@ class EventsConfig(_Section):
 
 
 class ScoringConfig(_Section):
+    """How window errors become row scores."""
+
     batch_size: int = Field(default=4096, ge=1)  # windows per prediction batch (bounds memory)
+    normalise_sensors: bool = True  # divide each sensor's error by its mean on held-out normal windows
+    smoothing_rows: int = Field(default=1, ge=1)  # trailing mean of the score over this many rows (1 = none)
+    drift_allowance: float = Field(default=0.5, ge=0)  # share of a training-period trend's growth forgiven later (0 = off)
 
 
 class PromotionConfig(_Section):

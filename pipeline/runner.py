@@ -46,7 +46,17 @@ from pipeline.report import (
     scores_schema,
     summarise_events,
 )
-from pipeline.score import RowScores, reconstruction_errors, score_table
+from pipeline.score import (
+    ErrorNormaliser,
+    RowScores,
+    fit_drift_rate,
+    fit_error_scale,
+    reconstruction_errors,
+    score_rows,
+    sensor_errors,
+    smooth_trailing,
+    utc_ns,
+)
 from pipeline.state import (
     LOCK_FILE,
     PARTIAL_PREFIX,
@@ -150,10 +160,12 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     window = config.features.window_size
     normal = normal_mask(table, config)
     n_normal = int(normal.sum())
-    # Each of the three parts below needs at least one window.
+    # Training windows lie wholly in the first part; the early-stopping and calibration windows
+    # end in their own part and may reach back into earlier rows as context (as a scored row's
+    # window does), so a few hundred normal rows suffice even for long windows.
     training = config.training
-    smallest_part = min(training.holdout_fraction, training.validation_fraction * (1 - training.holdout_fraction))
-    needed = int(np.ceil(window / smallest_part))
+    fit_share = (1 - training.holdout_fraction) * (1 - training.validation_fraction)
+    needed = max(int(np.ceil(window / fit_share)), int(np.ceil(1 / min(training.holdout_fraction, (1 - training.holdout_fraction) * training.validation_fraction))))
     if n_normal < needed:
         raise InputError(
             f"{', '.join(sorted(table['source'].unique()))}: {n_normal} normal rows, need at least {needed} "
@@ -170,7 +182,6 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
     segment = segment_ids(table["timestamp"], max_gap)
     stretch = np.cumsum(np.concatenate([[0], (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)]))[normal]
-    stretch = np.cumsum(np.concatenate([[0], (np.diff(stretch) != 0) | (np.diff(part) != 0)]))
 
     raw = table[result.sensors].to_numpy(dtype=np.float64)[normal]
     scaler = fit_scaler(raw[part < 2], result.sensors)
@@ -188,7 +199,21 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     )
 
     trained = train_autoencoder(values, train_starts, val_starts, window, config.model)
-    errors, _ = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)
+    errors, shares = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)
+    # The held-out windows' scores, computed as scoring will: normalised per sensor, smoothed.
+    error_scale = drift_rate = drift_reference = None
+    if config.scoring.normalise_sensors:
+        times = table["timestamp"][normal]
+        times_ns = utc_ns(times)
+        error_scale = fit_error_scale(errors, shares)
+        fit_rows_idx = np.flatnonzero(part == 0)
+        drift_rate = fit_drift_rate(values[fit_rows_idx], times_ns[fit_rows_idx])
+        drift_reference = times.iloc[int(fit_rows_idx[-1])].isoformat()
+        normaliser = ErrorNormaliser(np.asarray(error_scale), np.asarray(drift_rate), config.scoring.drift_allowance, int(times_ns[fit_rows_idx[-1]]))
+        weights = normaliser.weights(times_ns[holdout_starts + window - 1])
+        errors = (sensor_errors(errors, shares) * weights).mean(axis=1)
+    errors = smooth_trailing(errors, config.scoring.smoothing_rows, stretch[holdout_starts])
+    errors = errors[np.isfinite(errors)]
     threshold = calibrate_threshold(errors, config.threshold)
     log.info("threshold %.5g (%s %s)", threshold.value, threshold.method, threshold.params)
     rows = {
@@ -206,15 +231,21 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
         sampling_interval_seconds=interval,
         max_gap_seconds=float(max_gap),
         training={**rows, "normal_until": config.training.normal_until, "label_column": config.ingest.label_column},
+        error_scale=error_scale,
+        drift_rate=drift_rate,
+        drift_reference=drift_reference,
     )
     return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
 
 
 def _part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:
-    rows = np.flatnonzero(part == which)
-    if rows.size == 0:
-        return rows
-    return rows[window_starts(stretch[rows], window, stride)]
+    """Start rows (among the normal rows) of the windows whose last row is in part ``which``.
+
+    Parts come in time order, so a training window (part 0) lies wholly in training rows.
+    """
+    starts = window_starts(stretch, window, 1)
+    starts = starts[part[starts + window - 1] == which]
+    return starts[::stride]
 
 
 # ---------------------------------------------------------------- scoring
@@ -234,9 +265,7 @@ class ScoreOutcome:
 def _score_events(bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str):
     """Row scores, event number per row and the events frame (the scores table is left to the caller)."""
     table = loaded.result.table
-    rows = score_table(
-        bundle.model, bundle.scaler, table, bundle.window_size, bundle.max_gap_seconds, bundle.config.scoring.batch_size, progress=True
-    )
+    rows = score_rows(bundle, table, progress=True)
     # The files of one call are consecutive pieces of one stream: an event, like a window, may
     # run on from one file into the next, but never across a gap in time (as ``run`` does).
     event = assign_events(rows.score, bundle.threshold.value, rows.segment, bundle.config.events)
@@ -839,7 +868,7 @@ def score_batch(bundle: ModelBundle, reading: PipelineConfig, result: IngestResu
     context = carry.context
     n_ctx = len(context)
     ext = pd.concat([context, table[["timestamp", *sensors]]], ignore_index=True) if n_ctx else table[["timestamp", *sensors]]
-    scored = score_table(bundle.model, bundle.scaler, ext, bundle.window_size, bundle.max_gap_seconds, reading.scoring.batch_size, progress=True)
+    scored = score_rows(bundle, ext, progress=True)
     segment = global_segments(scored.segment, n_ctx, carry.last_segment)
     score = scored.score[n_ctx:]
     contributions = scored.contributions[n_ctx:]

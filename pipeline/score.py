@@ -1,9 +1,13 @@
 """Score: model + scaler + threshold + validated table -> per-row scores and sensor contributions.
 
-A row's score is the reconstruction error (mean squared error over the window's time steps and
-sensors, in scaled units) of the window ending at that row: causal, one score per row. Rows with
-no full window yet in their segment get NaN. A sensor's contribution is its share of that
-window's squared error, so a row's contributions add up to 1.
+A row's score is the reconstruction error of the window ending at that row: causal, one score
+per row. The error is the mean over the window's time steps and sensors of the squared error in
+scaled units, each sensor's part divided by its ``error_scale`` (the sensor's mean error on
+held-out normal windows, so one noisy sensor cannot dominate; 1.0 when normalisation is off).
+With ``smoothing_rows`` k > 1 the score is the trailing mean of the last k window errors (a
+finite, causal filter): a row's score then depends on ``window_size - 1 + k - 1`` earlier rows.
+Rows without that much history in their segment get NaN. A sensor's contribution is its share
+of the (normalised) squared error of the row's window, so a row's contributions add up to 1.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from __future__ import annotations
 import logging
 import sys
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
 from pipeline.features import Scaler, gather_windows, segment_ids, window_starts
+
+if TYPE_CHECKING:
+    from pipeline.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +36,114 @@ class Reconstructor(Protocol):
 
 
 def reconstruction_errors(
-    model: Reconstructor, values: np.ndarray, starts: np.ndarray, window_size: int, batch_size: int, progress: bool = False
+    model: Reconstructor,
+    values: np.ndarray,
+    starts: np.ndarray,
+    window_size: int,
+    batch_size: int,
+    progress: bool = False,
+    normaliser: ErrorNormaliser | None = None,
+    times_ns: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Errors of the windows beginning at ``starts``, predicted one batch at a time.
 
     Args:
         values: scaled sensor values, shape (n_rows, n_sensors).
+        normaliser: per-sensor divisors of the squared errors; ``None`` for 1.0.
+        times_ns: UTC nanoseconds per row of ``values`` (for the normaliser's drift allowance).
 
     Returns:
         ``errors`` of shape (n_windows,) and per-sensor error shares of shape (n_windows, n_sensors).
     """
     errors = np.empty(len(starts), dtype=np.float32)
     shares = np.empty((len(starts), values.shape[1]), dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, by_end_row=False)
+    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, False, normaliser, times_ns)
     return errors, shares
+
+
+def sensor_errors(errors: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Per-sensor mean squared error of each window, (n_windows, n_sensors), from its error and shares."""
+    return errors[:, None] * shares * shares.shape[1]
+
+
+def fit_error_scale(errors: np.ndarray, shares: np.ndarray) -> list[float]:
+    """Each sensor's mean squared error over held-out normal windows (floored, never zero).
+
+    The floor (1e-3 of the mean over sensors) keeps a sensor the model rebuilds perfectly from
+    turning any later wobble into a huge score.
+    """
+    per_sensor = sensor_errors(np.asarray(errors, np.float64), np.asarray(shares, np.float64)).mean(axis=0)
+    floor = max(float(per_sensor.mean()) * 1e-3, 1e-12)
+    return [float(max(v, floor)) for v in per_sensor]
+
+
+@dataclass(frozen=True)
+class ErrorNormaliser:
+    """Per-sensor divisors of the squared error: ``scale + allowance * (drift_rate * dt) ** 2``.
+
+    ``scale`` is the sensor's mean error on held-out normal windows. A sensor that trended in the
+    training rows (``drift_rate``, scaled units per second, from a straight-line fit) is expected
+    to keep drifting: ``dt`` seconds after the end of the training rows (``reference_ns``) its
+    error may have grown by the square of that drift, and ``allowance`` of it is forgiven. Zero
+    drift rates or ``allowance = 0`` leave just the scale. It depends only on the row's own time,
+    so a row scores the same however the series is split into batches.
+    """
+
+    scale: np.ndarray
+    drift_rate: np.ndarray
+    allowance: float
+    reference_ns: int
+
+    def weights(self, times_ns: np.ndarray | None) -> np.ndarray:
+        """1 / divisor for rows at ``times_ns`` (UTC nanoseconds): shape (n, n_sensors), or (n_sensors,) without drift."""
+        if times_ns is None or self.allowance == 0 or not np.any(self.drift_rate):
+            return (1.0 / self.scale).astype(np.float32)
+        dt = np.clip((np.asarray(times_ns, dtype=np.int64) - self.reference_ns) / 1e9, 0, None)[:, None]
+        return (1.0 / (self.scale + self.allowance * np.square(self.drift_rate * dt))).astype(np.float32)
+
+
+def normaliser_for(bundle: ModelBundle) -> ErrorNormaliser | None:
+    """The bundle's error normaliser, or ``None`` when it has no per-sensor error scale."""
+    if bundle.error_scale is None:
+        return None
+    rate = np.asarray(bundle.drift_rate if bundle.drift_rate is not None else np.zeros(len(bundle.error_scale)), dtype=np.float64)
+    reference = pd.Timestamp(bundle.drift_reference).value if bundle.drift_reference else 0
+    return ErrorNormaliser(np.asarray(bundle.error_scale, dtype=np.float64), rate, bundle.config.scoring.drift_allowance, reference)
+
+
+def fit_drift_rate(values: np.ndarray, times_ns: np.ndarray) -> list[float]:
+    """Slope of a straight line through each sensor's scaled values over time (per second)."""
+    seconds = (np.asarray(times_ns, dtype=np.int64) - int(times_ns[0])) / 1e9
+    centred = seconds - seconds.mean()
+    spread = float(np.sum(centred**2))
+    if values.shape[0] < 2 or spread == 0:
+        return [0.0] * values.shape[1]
+    slope = centred @ (values - values.mean(axis=0)) / spread
+    return [float(v) for v in slope]
+
+
+def smooth_trailing(score: np.ndarray, rows: int, segment: np.ndarray | None = None) -> np.ndarray:
+    """Trailing mean of the last ``rows`` scores within each segment; NaN until ``rows`` finite ones.
+
+    Causal and of finite length: a row's value depends on itself and the ``rows - 1`` rows before
+    it, never on later rows. NaN scores (rows without a full window) propagate.
+    """
+    score = np.asarray(score, dtype=np.float64)
+    if rows <= 1 or score.size == 0:
+        return score.astype(np.float32)
+    segment = np.zeros(score.size, dtype=np.int64) if segment is None else np.asarray(segment)
+    out = np.full(score.size, np.nan)
+    edges = np.flatnonzero(np.diff(segment)) + 1
+    for lo, hi in zip(np.concatenate([[0], edges]), np.concatenate([edges, [score.size]])):
+        part = score[lo:hi]
+        if part.size < rows:
+            continue
+        total = np.concatenate([[0.0], np.cumsum(np.nan_to_num(part))])
+        bad = np.concatenate([[0], np.cumsum(np.isnan(part))])
+        window_sum = total[rows:] - total[:-rows]
+        window_bad = bad[rows:] - bad[:-rows]
+        out[lo + rows - 1 : hi] = np.where(window_bad == 0, window_sum / rows, np.nan)
+    return out.astype(np.float32)
 
 
 def _predict_into(
@@ -55,6 +156,8 @@ def _predict_into(
     errors: np.ndarray,
     shares: np.ndarray,
     by_end_row: bool,
+    normaliser: ErrorNormaliser | None = None,
+    times_ns: np.ndarray | None = None,
 ) -> None:
     """Predict the windows beginning at ``starts`` a batch at a time; window ``i``'s error and
     per-sensor shares go to index ``i`` of ``errors`` and ``shares``, or, with ``by_end_row``,
@@ -69,6 +172,9 @@ def _predict_into(
         windows = gather_windows(values, starts[lo : lo + batch_size], window_size)
         rebuilt = np.asarray(model.predict_on_batch(windows))
         per_sensor = np.square(windows - rebuilt).sum(axis=1)  # (batch, n_sensors)
+        if normaliser is not None:
+            ends = starts[lo : lo + len(windows)] + (window_size - 1)
+            per_sensor = per_sensor * normaliser.weights(None if times_ns is None else times_ns[ends])
         total = per_sensor.sum(axis=1)
         where = starts[lo : lo + len(windows)] + (window_size - 1) if by_end_row else slice(lo, lo + len(windows))
         errors[where] = total / (window_size * n_sensors)
@@ -99,6 +205,8 @@ def score_table(
     max_gap_seconds: float,
     batch_size: int,
     progress: bool = False,
+    normaliser: ErrorNormaliser | None = None,
+    smoothing_rows: int = 1,
 ) -> RowScores:
     """Score every row of a validated, time-sorted table with the window ending at it.
 
@@ -110,5 +218,38 @@ def score_table(
     starts = window_starts(segment, window_size, stride=1)
     score = np.full(len(table), np.nan, dtype=np.float32)
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, by_end_row=True)
+    times_ns = utc_ns(table["timestamp"]) if normaliser is not None else None
+    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, True, normaliser, times_ns)
+    if smoothing_rows > 1:
+        score = smooth_trailing(score, smoothing_rows, segment)
     return RowScores(score=score, contributions=contributions, segment=segment)
+
+
+def score_rows(bundle: ModelBundle, table: pd.DataFrame, progress: bool = False) -> RowScores:
+    """Score every row of a validated, time-sorted table with a bundle: what ``score`` reports."""
+    return score_table(
+        bundle.model,
+        bundle.scaler,
+        table,
+        bundle.window_size,
+        bundle.max_gap_seconds,
+        bundle.config.scoring.batch_size,
+        progress=progress,
+        normaliser=normaliser_for(bundle),
+        smoothing_rows=bundle.config.scoring.smoothing_rows,
+    )
+
+
+def flag_rows(bundle: ModelBundle, rows: RowScores, sources: np.ndarray) -> np.ndarray:
+    """0/1 per row: the row belongs to an event (``report.assign_events`` with the bundle's policy)."""
+    from pipeline.report import assign_events  # report imports this module
+
+    source_code = pd.factorize(sources)[0]
+    change = np.concatenate([[False], (source_code[1:] != source_code[:-1]) | (np.diff(rows.segment) != 0)])
+    event = assign_events(rows.score, bundle.threshold.value, np.cumsum(change), bundle.config.events)
+    return (event > 0).astype(np.int8)
+
+
+def utc_ns(timestamps: pd.Series) -> np.ndarray:
+    """UTC nanoseconds since the epoch of a datetime column, as int64."""
+    return pd.to_datetime(timestamps, utc=True).dt.tz_convert(None).dt.as_unit("ns").to_numpy().astype(np.int64)

@@ -25,11 +25,21 @@ class WindowBatches(keras.utils.PyDataset):
         shuffle_seed: reshuffle the windows every epoch with this seed; ``None`` keeps order.
     """
 
-    def __init__(self, values: np.ndarray, starts: np.ndarray, window_size: int, batch_size: int, shuffle_seed: int | None = None):
+    def __init__(
+        self,
+        values: np.ndarray,
+        starts: np.ndarray,
+        window_size: int,
+        batch_size: int,
+        shuffle_seed: int | None = None,
+        input_noise: float = 0.0,
+    ):
         super().__init__()
         self.values, self.window_size, self.batch_size = values, window_size, batch_size
         self.order = starts.copy()
         self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+        self.input_noise = input_noise
+        self.noise_rng = np.random.default_rng(None if shuffle_seed is None else shuffle_seed + 1)
         self.on_epoch_end()
 
     def __len__(self) -> int:
@@ -38,6 +48,9 @@ class WindowBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         starts = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         windows = gather_windows(self.values, starts, self.window_size)
+        if self.input_noise > 0:  # denoising: noisy inputs, clean targets
+            noisy = windows + self.noise_rng.normal(0.0, self.input_noise, windows.shape).astype(windows.dtype)
+            return noisy, windows
         return windows, windows
 
     def on_epoch_end(self) -> None:
@@ -75,7 +88,7 @@ def train_autoencoder(
         validation_starts: start rows of the early-stopping windows (disjoint rows).
     """
     model = build_autoencoder(config, window_size, values.shape[1])
-    train = WindowBatches(values, train_starts, window_size, config.batch_size, shuffle_seed=config.seed)
+    train = WindowBatches(values, train_starts, window_size, config.batch_size, shuffle_seed=config.seed, input_noise=config.input_noise)
     validation = WindowBatches(values, validation_starts, window_size, config.batch_size)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     interactive = sys.stderr.isatty()

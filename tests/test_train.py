@@ -10,7 +10,7 @@ from pipeline.errors import InputError
 from pipeline.ingest import IngestResult
 from pipeline.model import build_autoencoder
 from pipeline.runner import fit_bundle, normal_mask
-from pipeline.score import score_table
+from pipeline.score import score_rows
 from tests.conftest import TINY_NORMAL_UNTIL, tiny_config
 
 
@@ -57,22 +57,25 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
     assert len(report.history["loss"]) >= 1 and len(report.history["val_loss"]) == len(report.history["loss"])
     assert report.rows["calibration_windows"] == report.holdout_errors.size > 0
     assert bundle.threshold.n_windows == report.holdout_errors.size
-    assert bundle.threshold.value < report.holdout_errors.max() * 1.0001
+    # The default threshold: a tail fit above the held-out errors' pot_level quantile, times the margin.
+    before = bundle.threshold.params["before_margin"]
+    assert bundle.threshold.value == pytest.approx(before * config.threshold.margin)
+    assert before > np.quantile(report.holdout_errors, config.threshold.pot_level)
 
-    rows = score_table(bundle.model, bundle.scaler, result.table, bundle.window_size, bundle.max_gap_seconds, 256)
+    rows = score_rows(bundle, result.table)
     window = bundle.window_size
     assert np.isnan(rows.score[: window - 1]).all() and np.isfinite(rows.score[window - 1 :]).all()
     np.testing.assert_allclose(np.nansum(rows.contributions[window:], axis=1), 1.0, rtol=1e-4)
     spikes = (tiny_frame["timestamp"] >= "2026-10-01 20:10") & (tiny_frame["timestamp"] < "2026-10-01 21:00")
     assert np.median(rows.score[spikes.to_numpy()]) > bundle.threshold.value
 
-    short = score_table(bundle.model, bundle.scaler, result.table.iloc[: window - 1], window, bundle.max_gap_seconds, 256)
+    short = score_rows(bundle, result.table.iloc[: window - 1])
     assert np.isnan(short.score).all()  # fewer rows than one window: every score empty, no error
 
     loaded = load_bundle(bundle.save(tmp_path / "bundle"))
     assert loaded.describe() == bundle.describe()
     assert type(loaded.model).__name__ == "NumpyAutoencoder"  # scoring runs without TensorFlow
-    again = score_table(loaded.model, loaded.scaler, result.table, loaded.window_size, loaded.max_gap_seconds, 256)
+    again = score_rows(loaded, result.table)
     np.testing.assert_allclose(again.score, rows.score, rtol=1e-5)
     with_keras = load_bundle(tmp_path / "bundle", keras_model=True)
     assert type(with_keras.model).__name__ == "Functional"
@@ -80,6 +83,19 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
 
 def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
     config = tiny_config().model_copy(deep=True)
-    config.training.normal_until = "2026-10-01 00:20"
+    config.training.normal_until = "2026-10-01 00:10"  # 10 rows: fewer than window 8 needs for its three parts
     with pytest.raises(InputError, match="normal rows, need at least"):
         fit_bundle(_result(tiny_frame), config)
+
+
+def test_denoising_batches_have_noisy_inputs_and_clean_targets():
+    from pipeline.train import WindowBatches
+
+    values = np.arange(40, dtype=np.float32).reshape(20, 2)
+    starts = np.arange(0, 16)
+    inputs, targets = WindowBatches(values, starts, 4, 8, shuffle_seed=0, input_noise=0.5)[0]
+    clean_inputs, clean_targets = WindowBatches(values, starts, 4, 8, shuffle_seed=0)[0]
+    np.testing.assert_array_equal(targets, clean_targets)
+    np.testing.assert_array_equal(clean_inputs, clean_targets)
+    noise = inputs - targets
+    assert noise.std() == pytest.approx(0.5, rel=0.3) and abs(noise.mean()) < 0.2
