@@ -161,16 +161,19 @@ def test_dry_run_lists_and_writes_nothing(tmp_path, tiny_frame, store, run_confi
     assert "skip (processed): part0.csv" in out
 
 
-def test_retrain_registers_a_new_version_used_by_the_run(tmp_path, tiny_frame, store, run_config, capsys):
+def test_retrain_registers_a_challenger_and_the_run_scores_with_the_champion(tmp_path, tiny_frame, store, run_config, capsys):
     job = Job(tmp_path, store, run_config, "re")
     write_parts(tiny_frame, job.input, 2)
     code, out, err = job.run(capsys, "--retrain")
     assert code == 0, err
-    assert "trained pump version 2" in out and "model version 2" in out
+    assert "trained pump version 2" in out and "model version 1" in out
     import json
 
+    from mlflow import MlflowClient
+
     manifest = json.loads((job.folders()[0] / "run.json").read_text())
-    assert manifest["model_version"] == "2"
+    assert manifest["model_version"] == "1"
+    assert MlflowClient(store).get_model_version_by_alias("pump", "challenger").version == "2"
 
 
 def test_kill_9_at_any_point_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_frame, store, run_config, capsys):
