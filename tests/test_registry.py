@@ -115,7 +115,8 @@ def test_training_run_tells_its_story(trained_store):
     assert tags["stage"] == "train" and tags["model_name"] == "pump" and tags["source"] == "pump.csv"
     assert run.info.run_name == "train pump pump.csv"
     description = tags["mlflow.note.content"]
-    for needed in ("pump.csv", "2026-10-01 12:00:00", "quantile", f"{run.data.metrics['threshold']:.5g}", "p99", "@champion"):
+    method = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/threshold.json")["method"]
+    for needed in ("pump.csv", "2026-10-01 12:00:00", f"`{method}`", f"{run.data.metrics['threshold']:.5g}", "p99", "@champion"):
         assert needed in description, needed
 
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}

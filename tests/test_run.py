@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import main
 from pipeline.state import CRASH_ENV, PAUSE_ENV
 
-CUTS = [0, 500, 841, 1100, 1440]  # 841: inside an event (13:11-14:26), so one runs across a cut
+CUTS = [0, 500, 841, 1215, 1440]  # 1215 (20:15): inside the vibration-burst event, so one runs across a cut
 
 
 class Job:
@@ -105,9 +105,9 @@ def test_consecutive_files_give_the_scores_and_flags_of_one_run(tmp_path, tiny_f
         assert code == 0, err
     assert len(split.folders()) == 4
     assert_same_result(split, whole)
-    # One event runs across the cut at row 841: it keeps one id, and the cumulative report
+    # One event runs across the cut at row 1215: it keeps one id, and the cumulative report
     # holds it once with its full length.
-    crossing = split.anomalies()[(split.anomalies()["start"] < "2026-10-01T14:01") & (split.anomalies()["end"] > "2026-10-01T14:01")]
+    crossing = split.anomalies()[(split.anomalies()["start"] < "2026-10-01T20:15") & (split.anomalies()["end"] > "2026-10-01T20:15")]
     assert len(crossing) == 1
 
     # Nothing new: no new folder, nothing written.
@@ -173,7 +173,7 @@ def test_retrain_registers_a_challenger_and_the_run_scores_with_the_champion(tmp
 
     manifest = json.loads((job.folders()[0] / "run.json").read_text())
     assert manifest["model_version"] == "1"
-    assert MlflowClient(store).get_model_version_by_alias("pump", "challenger").version == "2"
+    assert str(MlflowClient(store).get_model_version_by_alias("pump", "challenger").version) == "2"
 
 
 def test_kill_9_at_any_point_then_rerun_equals_an_uninterrupted_run(tmp_path, tiny_frame, store, run_config, capsys):

@@ -45,7 +45,7 @@ def base_scores(tmp_path_factory, tiny_frame, trained_store):
     import shutil
 
     root = tmp_path_factory.mktemp("base")
-    shutil.copy(trained_store, root / "mlflow.db")
+    shutil.copy(trained_store.root / "mlflow.db", root / "mlflow.db")
     return run_case(CASES[0], tiny_frame, root / "case", f"sqlite:///{root / 'mlflow.db'}", CONFIG)["scores"]
 
 
