@@ -32,6 +32,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed (apt-get install chromium chromium-driver)", allow_module_level=True)
 
+from selenium.common.exceptions import ElementClickInterceptedException, ElementNotInteractableException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -98,8 +99,20 @@ def _wait_text(driver, text: str, timeout: float = 90) -> None:
 
 
 def _click_text(driver, text: str) -> None:
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']"))
-    driver.find_element(By.XPATH, f"//*[normalize-space(text())='{text}']").click()
+    """Click the shown element with this text (the app also renders hidden copies, e.g. tooltips)."""
+
+    def clicked(d) -> bool:
+        for element in d.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']"):
+            if element.is_displayed():
+                d.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+                try:
+                    element.click()
+                    return True
+                except (ElementNotInteractableException, ElementClickInterceptedException):
+                    continue  # still animating into place or covered: try again
+        return False
+
+    WebDriverWait(driver, 30).until(clicked, message=f"no clickable '{text}'")
 
 
 def _screenshot(driver, name: str) -> Path:
