@@ -61,6 +61,10 @@ class FeaturesConfig(_Section):
     window_size: int = Field(default=32, ge=2)
     stride: int = Field(default=1, ge=1)  # between training windows; scoring always uses 1 (one score per row)
     max_gap_seconds: float | None = Field(default=None, gt=0)  # default: one window of sampling intervals
+    # A sensor whose spread over the training rows exceeds this many times its mean spread within
+    # an eighth of them wanders (a temperature warming all through training): each window of it is
+    # centred on its own mean, so it is judged by its shape, not by a level it never held (0 = off).
+    wander_ratio: float = Field(default=1.5, ge=0)
 
 
 class ModelConfig(_Section):
@@ -94,7 +98,7 @@ class ThresholdConfig(_Section):
     k: float = Field(default=4.0, gt=0)  # for mean_std: mean + k * std
     risk: float = Field(default=1e-3, gt=0, lt=1)  # for pot: chance that a normal window's error exceeds the threshold
     pot_level: float = Field(default=0.9, gt=0, lt=1)  # for pot: quantile above which the tail is fitted
-    margin: float = Field(default=1.5, gt=0)  # the threshold is the method's value times this
+    margin: float = Field(default=2.0, gt=0)  # the threshold is the method's value times this
 
 
 class EventsConfig(_Section):
@@ -109,8 +113,9 @@ class ScoringConfig(_Section):
 
     batch_size: int = Field(default=4096, ge=1)  # windows per prediction batch (bounds memory)
     normalise_sensors: bool = True  # divide each sensor's error by its mean on held-out normal windows
+    combine: Literal["max", "mean"] = "max"  # a window's error: its worst sensor's (normalised) error, or the mean over sensors
     smoothing_rows: int = Field(default=1, ge=1)  # trailing mean of the score over this many rows (1 = none)
-    drift_allowance: float = Field(default=0.5, ge=0)  # share of a training-period trend's growth forgiven later (0 = off)
+    drift_allowance: float = Field(default=0.0, ge=0)  # share of a training-period trend's growth forgiven later (0 = off)
 
 
 class PromotionConfig(_Section):

@@ -65,7 +65,10 @@ def event_details(
         scored = np.isfinite(rows.score[context])
         if scored.any():
             starts = context[scored] - window + 1 - first
-            rebuilt = np.asarray(bundle.model.predict_on_batch(gather_windows(values, starts, window)))[:, -1, :]
+            centred = bundle.scaler.centred_mask
+            rebuilt = np.asarray(bundle.model.predict_on_batch(gather_windows(values, starts, window, centred)))[:, -1, :]
+            if centred is not None:  # the model rebuilt these sensors' windows about their own mean
+                rebuilt[:, centred] += gather_windows(values, starts, window)[:, :, centred].mean(axis=1)
             expected[scored] = rebuilt * scale + mean
         details.append(
             EventDetail(

@@ -9,7 +9,7 @@ there), so a row's window always holds ``window_size`` consecutive readings of o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,12 @@ class Scaler:
     mean: list[float]
     scale: list[float]
     constant: list[str]
+    centred: list[str] = field(default_factory=list)  # wandering sensors: each window centred on its own mean
+
+    @property
+    def centred_mask(self) -> np.ndarray | None:
+        """Which columns ``gather_windows`` centres, or ``None`` when none are."""
+        return np.isin(self.sensors, self.centred) if self.centred else None
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         """(n_rows, n_sensors) raw values -> float32 standardised values.
@@ -56,7 +62,7 @@ class Scaler:
         return out
 
     def to_dict(self) -> dict:
-        return {"sensors": self.sensors, "mean": self.mean, "scale": self.scale, "constant": self.constant}
+        return {"sensors": self.sensors, "mean": self.mean, "scale": self.scale, "constant": self.constant, "centred": self.centred}
 
     @classmethod
     def from_dict(cls, data: dict) -> Scaler:
@@ -70,6 +76,26 @@ def fit_scaler(values: np.ndarray, sensors: list[str]) -> Scaler:
     constant = [s for s, sd, m in zip(sensors, spread, fitted.mean_) if sd <= 1e-9 * max(1.0, abs(m))]
     scale = [1.0 if s in constant else float(v) for s, v in zip(sensors, fitted.scale_)]
     return Scaler(sensors=list(sensors), mean=[float(m) for m in fitted.mean_], scale=scale, constant=constant)
+
+
+WANDER_BLOCKS = 8
+
+
+def wandering_sensors(values: np.ndarray, sensors: list[str], ratio: float) -> list[str]:
+    """Sensors whose level moved between parts of the training rows more than it varies within one.
+
+    The rows (in time order) are cut into ``WANDER_BLOCKS`` equal blocks; a sensor wanders when
+    its spread over all rows exceeds ``ratio`` times its mean spread within a block. A sensor
+    that warms for the whole training period wanders, and its later levels are new ones; a
+    sensor whose daily cycle repeats within each block does not, its levels recur.
+    """
+    size = len(values) // WANDER_BLOCKS
+    if ratio <= 0 or size < 2:
+        return []
+    blocks = values[: size * WANDER_BLOCKS].reshape(WANDER_BLOCKS, size, -1)
+    within = blocks.std(axis=1).mean(axis=0)
+    overall = values[: size * WANDER_BLOCKS].std(axis=0)
+    return [s for s, o, w in zip(sensors, overall, within) if o > ratio * max(float(w), 1e-12)]
 
 
 def count_windows(n_rows: int, window_size: int, stride: int = 1) -> int:
@@ -111,8 +137,17 @@ def window_view(values: np.ndarray, window_size: int) -> np.ndarray:
     return np.lib.stride_tricks.sliding_window_view(values, window_size, axis=0).transpose(0, 2, 1)
 
 
-def gather_windows(values: np.ndarray, starts: np.ndarray, window_size: int) -> np.ndarray:
-    """Copy out the windows beginning at ``starts``: shape (len(starts), window_size, n_sensors)."""
+def gather_windows(values: np.ndarray, starts: np.ndarray, window_size: int, centred: np.ndarray | None = None) -> np.ndarray:
+    """Copy out the windows beginning at ``starts``: shape (len(starts), window_size, n_sensors).
+
+    Args:
+        centred: boolean mask of the sensors whose every window is centred on its own mean
+            (``Scaler.centred_mask``); ``None`` leaves all as they are.
+    """
     if starts.size and starts[-1] - starts[0] == starts.size - 1 and np.all(np.diff(starts) == 1):
-        return np.ascontiguousarray(window_view(values, window_size)[starts[0] : starts[-1] + 1])
-    return window_view(values, window_size)[starts]
+        windows = np.array(window_view(values, window_size)[starts[0] : starts[-1] + 1], order="C")
+    else:
+        windows = window_view(values, window_size)[starts]
+    if centred is not None and centred.any():
+        windows[:, :, centred] -= windows[:, :, centred].mean(axis=1, keepdims=True)
+    return windows

@@ -14,7 +14,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from pipeline.bundle import ModelBundle, load_bundle
 from pipeline.calibrate import calibrate_threshold
 from pipeline.config import IngestConfig, PipelineConfig, to_yaml
 from pipeline.errors import InputError, LockHeldError, PromotionRefused
-from pipeline.features import fit_scaler, segment_ids, window_starts
+from pipeline.features import fit_scaler, segment_ids, wandering_sensors, window_starts
 from pipeline.ingest import (
     IngestResult,
     RawSource,
@@ -49,6 +49,7 @@ from pipeline.report import (
 from pipeline.score import (
     ErrorNormaliser,
     RowScores,
+    combine_sensors,
     fit_drift_rate,
     fit_error_scale,
     reconstruction_errors,
@@ -186,6 +187,10 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     raw = table[result.sensors].to_numpy(dtype=np.float64)[normal]
     scaler = fit_scaler(raw[part < 2], result.sensors)
     values = scaler.transform(raw)
+    wandering = wandering_sensors(values[part == 0], result.sensors, config.features.wander_ratio)
+    if wandering:
+        log.info("judged by shape, not level (they wander in training): %s", ", ".join(wandering))
+        scaler = replace(scaler, centred=wandering)
     train_starts = _part_starts(stretch, part, 0, window, config.features.stride)
     val_starts = _part_starts(stretch, part, 1, window, config.features.stride)
     holdout_starts = _part_starts(stretch, part, 2, window, 1)
@@ -198,8 +203,8 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
         train_autoencoder,  # TensorFlow is imported only where training needs it
     )
 
-    trained = train_autoencoder(values, train_starts, val_starts, window, config.model)
-    errors, shares = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size)
+    trained = train_autoencoder(values, train_starts, val_starts, window, config.model, scaler.centred_mask)
+    errors, shares = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size, centred=scaler.centred_mask)
     # The held-out windows' scores, computed as scoring will: normalised per sensor, smoothed.
     error_scale = drift_rate = drift_reference = None
     if config.scoring.normalise_sensors:
@@ -211,7 +216,9 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
         drift_reference = times.iloc[int(fit_rows_idx[-1])].isoformat()
         normaliser = ErrorNormaliser(np.asarray(error_scale), np.asarray(drift_rate), config.scoring.drift_allowance, int(times_ns[fit_rows_idx[-1]]))
         weights = normaliser.weights(times_ns[holdout_starts + window - 1])
-        errors = (sensor_errors(errors, shares) * weights).mean(axis=1)
+        errors = combine_sensors(sensor_errors(errors, shares) * weights, config.scoring.combine)
+    else:
+        errors = combine_sensors(sensor_errors(errors, shares), config.scoring.combine)
     errors = smooth_trailing(errors, config.scoring.smoothing_rows, stretch[holdout_starts])
     errors = errors[np.isfinite(errors)]
     threshold = calibrate_threshold(errors, config.threshold)

@@ -44,6 +44,8 @@ def reconstruction_errors(
     progress: bool = False,
     normaliser: ErrorNormaliser | None = None,
     times_ns: np.ndarray | None = None,
+    centred: np.ndarray | None = None,
+    combine: str = "mean",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Errors of the windows beginning at ``starts``, predicted one batch at a time.
 
@@ -51,19 +53,31 @@ def reconstruction_errors(
         values: scaled sensor values, shape (n_rows, n_sensors).
         normaliser: per-sensor divisors of the squared errors; ``None`` for 1.0.
         times_ns: UTC nanoseconds per row of ``values`` (for the normaliser's drift allowance).
+        centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
+        combine: ``"mean"`` or ``"max"`` over sensors (``combine_sensors``).
 
     Returns:
         ``errors`` of shape (n_windows,) and per-sensor error shares of shape (n_windows, n_sensors).
     """
     errors = np.empty(len(starts), dtype=np.float32)
     shares = np.empty((len(starts), values.shape[1]), dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, False, normaliser, times_ns)
+    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, False, normaliser, times_ns, centred, combine)
     return errors, shares
 
 
 def sensor_errors(errors: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Per-sensor mean squared error of each window, (n_windows, n_sensors), from its error and shares."""
+    """Per-sensor mean squared error of each window, (n_windows, n_sensors), from its mean error and shares."""
     return errors[:, None] * shares * shares.shape[1]
+
+
+def combine_sensors(per_sensor: np.ndarray, how: str) -> np.ndarray:
+    """A window's error from its per-sensor errors, (n, n_sensors) -> (n,).
+
+    ``"max"``: the worst sensor's error, so a fault that shows in one sensor is not diluted by
+    the sensors that stay normal (with per-sensor normalisation, no sensor dominates by its
+    noise alone); ``"mean"``: the mean over sensors.
+    """
+    return per_sensor.max(axis=1) if how == "max" else per_sensor.mean(axis=1)
 
 
 def fit_error_scale(errors: np.ndarray, shares: np.ndarray) -> list[float]:
@@ -158,6 +172,8 @@ def _predict_into(
     by_end_row: bool,
     normaliser: ErrorNormaliser | None = None,
     times_ns: np.ndarray | None = None,
+    centred: np.ndarray | None = None,
+    combine: str = "mean",
 ) -> None:
     """Predict the windows beginning at ``starts`` a batch at a time; window ``i``'s error and
     per-sensor shares go to index ``i`` of ``errors`` and ``shares``, or, with ``by_end_row``,
@@ -169,7 +185,7 @@ def _predict_into(
     batches = range(0, len(starts), batch_size)
     show_bar = progress and sys.stderr.isatty()
     for number, lo in enumerate(tqdm(batches, desc="scoring", unit="batch", disable=not show_bar)):
-        windows = gather_windows(values, starts[lo : lo + batch_size], window_size)
+        windows = gather_windows(values, starts[lo : lo + batch_size], window_size, centred)
         rebuilt = np.asarray(model.predict_on_batch(windows))
         per_sensor = np.square(windows - rebuilt).sum(axis=1)  # (batch, n_sensors)
         if normaliser is not None:
@@ -177,7 +193,7 @@ def _predict_into(
             per_sensor = per_sensor * normaliser.weights(None if times_ns is None else times_ns[ends])
         total = per_sensor.sum(axis=1)
         where = starts[lo : lo + len(windows)] + (window_size - 1) if by_end_row else slice(lo, lo + len(windows))
-        errors[where] = total / (window_size * n_sensors)
+        errors[where] = combine_sensors(per_sensor, combine) / window_size
         safe_total = np.where(total > 0, total, 1.0)[:, None]
         shares[where] = np.where(total[:, None] > 0, per_sensor / safe_total, 1.0 / n_sensors)
         if progress and not show_bar and number % 200 == 199:
@@ -207,6 +223,7 @@ def score_table(
     progress: bool = False,
     normaliser: ErrorNormaliser | None = None,
     smoothing_rows: int = 1,
+    combine: str = "mean",
 ) -> RowScores:
     """Score every row of a validated, time-sorted table with the window ending at it.
 
@@ -219,7 +236,7 @@ def score_table(
     score = np.full(len(table), np.nan, dtype=np.float32)
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
     times_ns = utc_ns(table["timestamp"]) if normaliser is not None else None
-    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, True, normaliser, times_ns)
+    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, True, normaliser, times_ns, scaler.centred_mask, combine)
     if smoothing_rows > 1:
         score = smooth_trailing(score, smoothing_rows, segment)
     return RowScores(score=score, contributions=contributions, segment=segment)
@@ -237,6 +254,7 @@ def score_rows(bundle: ModelBundle, table: pd.DataFrame, progress: bool = False)
         progress=progress,
         normaliser=normaliser_for(bundle),
         smoothing_rows=bundle.config.scoring.smoothing_rows,
+        combine=bundle.config.scoring.combine,
     )
 
 

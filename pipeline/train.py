@@ -33,12 +33,14 @@ class WindowBatches(keras.utils.PyDataset):
         batch_size: int,
         shuffle_seed: int | None = None,
         input_noise: float = 0.0,
+        centred: np.ndarray | None = None,
     ):
         super().__init__()
         self.values, self.window_size, self.batch_size = values, window_size, batch_size
         self.order = starts.copy()
         self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
         self.input_noise = input_noise
+        self.centred = centred
         self.noise_rng = np.random.default_rng(None if shuffle_seed is None else shuffle_seed + 1)
         self.on_epoch_end()
 
@@ -47,7 +49,7 @@ class WindowBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int):
         starts = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        windows = gather_windows(self.values, starts, self.window_size)
+        windows = gather_windows(self.values, starts, self.window_size, self.centred)
         if self.input_noise > 0:  # denoising: noisy inputs, clean targets
             noisy = windows + self.noise_rng.normal(0.0, self.input_noise, windows.shape).astype(windows.dtype)
             return noisy, windows
@@ -79,6 +81,7 @@ def train_autoencoder(
     validation_starts: np.ndarray,
     window_size: int,
     config: ModelConfig,
+    centred: np.ndarray | None = None,
 ) -> TrainedModel:
     """Fit an autoencoder on normal windows, stopping early on the validation windows' loss.
 
@@ -86,10 +89,13 @@ def train_autoencoder(
         values: scaled sensor values, shape (n_rows, n_sensors).
         train_starts: start rows of the training windows.
         validation_starts: start rows of the early-stopping windows (disjoint rows).
+        centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
     """
     model = build_autoencoder(config, window_size, values.shape[1])
-    train = WindowBatches(values, train_starts, window_size, config.batch_size, shuffle_seed=config.seed, input_noise=config.input_noise)
-    validation = WindowBatches(values, validation_starts, window_size, config.batch_size)
+    train = WindowBatches(
+        values, train_starts, window_size, config.batch_size, shuffle_seed=config.seed, input_noise=config.input_noise, centred=centred
+    )
+    validation = WindowBatches(values, validation_starts, window_size, config.batch_size, centred=centred)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     interactive = sys.stderr.isatty()
     fitted = model.fit(

@@ -1,9 +1,11 @@
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.features import count_windows, fit_scaler, gather_windows, segment_ids, window_starts
+from pipeline.features import count_windows, fit_scaler, gather_windows, segment_ids, wandering_sensors, window_starts
 
 
 @given(n=st.integers(0, 300), window=st.integers(1, 40), stride=st.integers(1, 7))
@@ -54,3 +56,30 @@ def test_scaler_standardises_and_survives_a_constant_sensor():
 def test_scaler_round_trips_through_json_data():
     scaler = fit_scaler(np.array([[1.0], [2.0], [4.0]]), ["a"])
     assert type(scaler).from_dict(scaler.to_dict()) == scaler
+
+
+def test_a_sensor_warming_through_training_wanders_and_a_cycling_one_does_not():
+    rng = np.random.default_rng(0)
+    rows = np.arange(800)
+    warming = rows / 100 + rng.normal(0, 0.3, rows.size)  # a temperature rising all the time
+    cycling = np.sin(2 * np.pi * rows / 50) + rng.normal(0, 0.3, rows.size)  # its cycle repeats in each eighth
+    noise = rng.normal(0, 1, rows.size)
+    values = np.column_stack([warming, cycling, noise])
+    assert wandering_sensors(values, ["warming", "cycling", "noise"], ratio=1.5) == ["warming"]
+    assert wandering_sensors(values, ["warming", "cycling", "noise"], ratio=0) == []
+
+
+def test_gather_windows_centres_only_the_masked_sensors():
+    values = np.column_stack([np.arange(6, dtype=np.float32), np.arange(6, dtype=np.float32) * 10])
+    before = values.copy()
+    returned = gather_windows(values, np.array([0, 3]), 3, centred=np.array([False, True]))
+    np.testing.assert_array_equal(returned[:, :, 0], [[0, 1, 2], [3, 4, 5]])
+    np.testing.assert_array_equal(returned[:, :, 1], [[-10, 0, 10], [-10, 0, 10]])  # each window about its own mean
+    np.testing.assert_array_equal(values, before)  # the source is never changed
+
+
+def test_scaler_with_centred_sensors_round_trips():
+    scaler = replace(fit_scaler(np.array([[1.0, 2.0], [2.0, 0.0], [4.0, 1.0]]), ["a", "b"]), centred=["b"])
+    assert type(scaler).from_dict(scaler.to_dict()) == scaler
+    np.testing.assert_array_equal(scaler.centred_mask, [False, True])
+    assert fit_scaler(np.array([[1.0], [2.0]]), ["a"]).centred_mask is None

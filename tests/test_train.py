@@ -99,3 +99,25 @@ def test_denoising_batches_have_noisy_inputs_and_clean_targets():
     np.testing.assert_array_equal(clean_inputs, clean_targets)
     noise = inputs - targets
     assert noise.std() == pytest.approx(0.5, rel=0.3) and abs(noise.mean()) < 0.2
+
+
+def test_a_sensor_that_wanders_in_training_is_judged_by_shape_and_a_step_elsewhere_is_flagged():
+    rng = np.random.default_rng(1)
+    n = 1000
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="s"),
+            "temperature": np.arange(n) * 0.01 + rng.normal(0, 0.05, n),  # warms all the time, far past its training range
+            "flow": rng.normal(0, 1, n),
+            "pressure": rng.normal(0, 1, n),
+        }
+    )
+    frame.loc[800:899, "flow"] += 6.0  # the fault: a step in a sensor that is steady in training
+    config = tiny_config().model_copy(deep=True)
+    config.training.normal_until = "2026-01-01 00:10:00"  # the first 600 rows
+    bundle, _ = fit_bundle(_result(frame), config)
+    assert bundle.scaler.centred == ["temperature"]
+    flagged = bundle.threshold.value < score_rows(bundle, _result(frame).table).score
+    assert not flagged[600:800].any()  # only the temperature is new there: no alarm
+    assert flagged[810:900].mean() > 0.9
+
