@@ -98,7 +98,7 @@ class ThresholdConfig(_Section):
     k: float = Field(default=4.0, gt=0)  # for mean_std: mean + k * std
     risk: float = Field(default=1e-3, gt=0, lt=1)  # for pot: chance that a normal window's error exceeds the threshold
     pot_level: float = Field(default=0.9, gt=0, lt=1)  # for pot: quantile above which the tail is fitted
-    margin: float = Field(default=2.0, gt=0)  # the threshold is the method's value times this
+    margin: float = Field(default=3.0, gt=0)  # the threshold is the method's value times this
 
 
 class EventsConfig(_Section):
@@ -114,6 +114,10 @@ class ScoringConfig(_Section):
     batch_size: int = Field(default=4096, ge=1)  # windows per prediction batch (bounds memory)
     normalise_sensors: bool = True  # divide each sensor's error by its mean on held-out normal windows
     combine: Literal["max", "mean"] = "max"  # a window's error: its worst sensor's (normalised) error, or the mean over sensors
+    # A sensor's error in a window is its mean squared residual plus this times its squared mean
+    # residual: a sustained offset from the reconstruction (a level a fault moved) weighs more
+    # than noise of the same energy, which averages out over the window.
+    offset_weight: float = Field(default=3.0, ge=0)
     smoothing_rows: int = Field(default=1, ge=1)  # trailing mean of the score over this many rows (1 = none)
     drift_allowance: float = Field(default=0.0, ge=0)  # share of a training-period trend's growth forgiven later (0 = off)
 

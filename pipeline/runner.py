@@ -204,7 +204,9 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     )
 
     trained = train_autoencoder(values, train_starts, val_starts, window, config.model, scaler.centred_mask)
-    errors, shares = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size, centred=scaler.centred_mask)
+    errors, shares = reconstruction_errors(
+        trained.model, values, holdout_starts, window, config.scoring.batch_size, centred=scaler.centred_mask, offset_weight=config.scoring.offset_weight
+    )
     # The held-out windows' scores, computed as scoring will: normalised per sensor, smoothed.
     error_scale = drift_rate = drift_reference = None
     if config.scoring.normalise_sensors:

@@ -46,6 +46,7 @@ def reconstruction_errors(
     times_ns: np.ndarray | None = None,
     centred: np.ndarray | None = None,
     combine: str = "mean",
+    offset_weight: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Errors of the windows beginning at ``starts``, predicted one batch at a time.
 
@@ -55,13 +56,14 @@ def reconstruction_errors(
         times_ns: UTC nanoseconds per row of ``values`` (for the normaliser's drift allowance).
         centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
         combine: ``"mean"`` or ``"max"`` over sensors (``combine_sensors``).
+        offset_weight: extra weight of a sensor's mean residual over the window (``ScoringConfig``).
 
     Returns:
         ``errors`` of shape (n_windows,) and per-sensor error shares of shape (n_windows, n_sensors).
     """
     errors = np.empty(len(starts), dtype=np.float32)
     shares = np.empty((len(starts), values.shape[1]), dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, False, normaliser, times_ns, centred, combine)
+    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, False, normaliser, times_ns, centred, combine, offset_weight)
     return errors, shares
 
 
@@ -174,6 +176,7 @@ def _predict_into(
     times_ns: np.ndarray | None = None,
     centred: np.ndarray | None = None,
     combine: str = "mean",
+    offset_weight: float = 0.0,
 ) -> None:
     """Predict the windows beginning at ``starts`` a batch at a time; window ``i``'s error and
     per-sensor shares go to index ``i`` of ``errors`` and ``shares``, or, with ``by_end_row``,
@@ -187,7 +190,12 @@ def _predict_into(
     for number, lo in enumerate(tqdm(batches, desc="scoring", unit="batch", disable=not show_bar)):
         windows = gather_windows(values, starts[lo : lo + batch_size], window_size, centred)
         rebuilt = np.asarray(model.predict_on_batch(windows))
-        per_sensor = np.square(windows - rebuilt).sum(axis=1)  # (batch, n_sensors)
+        residual = windows - rebuilt
+        # (batch, n_sensors): the squared residual summed over the window, plus offset_weight times
+        # the window's length times the squared mean residual.
+        per_sensor = np.square(residual).sum(axis=1)
+        if offset_weight:
+            per_sensor += offset_weight * np.square(residual.sum(axis=1)) / window_size
         if normaliser is not None:
             ends = starts[lo : lo + len(windows)] + (window_size - 1)
             per_sensor = per_sensor * normaliser.weights(None if times_ns is None else times_ns[ends])
@@ -224,6 +232,7 @@ def score_table(
     normaliser: ErrorNormaliser | None = None,
     smoothing_rows: int = 1,
     combine: str = "mean",
+    offset_weight: float = 0.0,
 ) -> RowScores:
     """Score every row of a validated, time-sorted table with the window ending at it.
 
@@ -236,7 +245,7 @@ def score_table(
     score = np.full(len(table), np.nan, dtype=np.float32)
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
     times_ns = utc_ns(table["timestamp"]) if normaliser is not None else None
-    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, True, normaliser, times_ns, scaler.centred_mask, combine)
+    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, True, normaliser, times_ns, scaler.centred_mask, combine, offset_weight)
     if smoothing_rows > 1:
         score = smooth_trailing(score, smoothing_rows, segment)
     return RowScores(score=score, contributions=contributions, segment=segment)
@@ -255,6 +264,7 @@ def score_rows(bundle: ModelBundle, table: pd.DataFrame, progress: bool = False)
         normaliser=normaliser_for(bundle),
         smoothing_rows=bundle.config.scoring.smoothing_rows,
         combine=bundle.config.scoring.combine,
+        offset_weight=bundle.config.scoring.offset_weight,
     )
 
 
