@@ -23,6 +23,9 @@ from pipeline.score import Reconstructor
 log = logging.getLogger(__name__)
 
 BUNDLE_FORMAT = 1
+# Scoring settings added after bundles were first written, with the value those bundles were
+# calibrated under: an older bundle keeps scoring as it did, whatever the new defaults are.
+SCORING_BEFORE_SETTING = {"combine": "mean", "offset_weight": 0.0}
 MODEL_FILE = "model.keras"
 BUNDLE_FILE = "bundle.json"
 
@@ -109,7 +112,7 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
         model=load_model(folder / MODEL_FILE, keras_model),
         scaler=Scaler.from_dict(meta["scaler"]),
         threshold=Threshold.from_dict(meta["threshold"]),
-        config=PipelineConfig.model_validate(meta["config"]),
+        config=PipelineConfig.model_validate(_with_settings_it_was_made_under(meta["config"])),
         timestamp_column=meta["timestamp_column"],
         sampling_interval_seconds=meta["sampling_interval_seconds"],
         max_gap_seconds=meta["max_gap_seconds"],
@@ -118,3 +121,8 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
         drift_rate=meta.get("drift_rate"),
         drift_reference=meta.get("drift_reference"),
     )
+
+
+def _with_settings_it_was_made_under(config: dict[str, Any]) -> dict[str, Any]:
+    scoring = config.get("scoring", {})
+    return {**config, "scoring": {**SCORING_BEFORE_SETTING, **scoring}}

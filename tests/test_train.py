@@ -1,5 +1,7 @@
 """Model, training, calibration wiring and the bundle, on tiny data with real TensorFlow."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -79,6 +81,14 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
     np.testing.assert_allclose(again.score, rows.score, rtol=1e-5)
     with_keras = load_bundle(tmp_path / "bundle", keras_model=True)
     assert type(with_keras.model).__name__ == "Functional"
+
+    # A bundle written before the scoring settings below existed keeps scoring as it was calibrated.
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    for key in ("combine", "offset_weight"):
+        del meta["config"]["scoring"][key]
+    (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(meta))
+    older = load_bundle(tmp_path / "bundle")
+    assert (older.config.scoring.combine, older.config.scoring.offset_weight) == ("mean", 0.0)
 
 
 def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
