@@ -75,6 +75,7 @@ def training_description(
     history: dict[str, list[float]],
     best_epoch: int,
     events: pd.DataFrame,
+    centred: list[str] | None = None,
 ) -> str:
     """The description of a training run."""
     stats = threshold.error_stats
@@ -90,6 +91,7 @@ p99 {stats.get('p99', 0):.4g}); {len(events)} event(s) when the training input i
 
 **Normal period**: {_normal_period(normal_until, label_column)}: {rows.get('normal_rows', 0):,} rows, windows of {window_size} rows:
 {rows.get('train_windows', 0):,} for training, {rows.get('validation_windows', 0):,} for early stopping, {rows.get('calibration_windows', 0):,} held out for the threshold.
+{_centred(centred)}
 
 **Model**: best epoch {best_epoch} of {len(next(iter(history.values()), []))} ({losses}); curves in `plots/training_curves.png`.
 
@@ -148,3 +150,9 @@ Gate: `{decision['gate']}`.
 | --- | --- |
 {figures}
 """
+
+
+def _centred(centred: list[str] | None) -> str:
+    if not centred:
+        return "Every sensor is judged by its level and shape."
+    return f"Judged by shape only (their level wandered during training, so each window is centred on its own mean): {', '.join(centred)}."

@@ -439,7 +439,7 @@ def _train_into(tracker: Tracker, files: list[tuple[str, Path]], config: Pipelin
         describe.training_description(
             model_name, version, alias, loaded.sources, inputs_digest(loaded.digests), loaded.quality,
             config.training.normal_until, config.ingest.label_column, fit.rows, bundle.window_size, threshold,
-            fit.history, fit.best_epoch, events,
+            fit.history, fit.best_epoch, events, bundle.scaler.centred,
         )
     )  # fmt: skip
     log.info("registered %s version %s as @%s (threshold %.5g)", model_name, version, alias, threshold.value)

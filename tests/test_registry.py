@@ -118,6 +118,7 @@ def test_training_run_tells_its_story(trained_store):
     method = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/threshold.json")["method"]
     for needed in ("pump.csv", "2026-10-01 12:00:00", f"`{method}`", f"{run.data.metrics['threshold']:.5g}", "p99", "@champion"):
         assert needed in description, needed
+    assert "judged by" in description.lower()  # which sensors are judged by shape, level and shape
 
     plots = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
     assert {"training_curves.png", "holdout_errors.png", "scores.png"} <= plots
