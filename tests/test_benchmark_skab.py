@@ -191,6 +191,26 @@ def test_benchmark_command_end_to_end_on_two_real_files(tmp_path, capsys):
     assert "summary.json" in artifacts and "summary.md" in artifacts
 
 
+@needs_skab
+def test_peers_in_worker_processes_give_the_same_predictions_as_in_process(tmp_path):
+    from pipeline.benchmark.skab import run_benchmark
+
+    data = tmp_path / "skab"
+    for group, name in (("valve1", "1"), ("other", "2")):
+        (data / group).mkdir(parents=True)
+        shutil.copy(SKAB / group / f"{name}.csv", data / group / f"{name}.csv")
+    peers = ["isolation_forest", "pca_t2q"]
+    summaries = {}
+    for workers in (0, 2):
+        out = tmp_path / f"out{workers}"
+        summaries[workers] = run_benchmark(data, out, f"sqlite:///{tmp_path / 'mlflow.db'}", peers, peer_workers=workers)
+    for name in peers:
+        assert summaries[0]["detectors"][name]["files"] == summaries[2]["detectors"][name]["files"]
+        for group, file in (("valve1", "1"), ("other", "2")):
+            inline = pd.read_csv(tmp_path / "out0" / "peers" / name / group / f"{file}.csv")
+            pd.testing.assert_frame_equal(inline, pd.read_csv(tmp_path / "out2" / "peers" / name / group / f"{file}.csv"))
+
+
 def test_benchmark_refuses_an_unknown_detector_and_a_missing_folder(tmp_path, capsys):
     assert main(["benchmark", "skab", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     (tmp_path / "d" / "valve1").mkdir(parents=True)
