@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.benchmark.peers import run_peer
+from pipeline.benchmark.peers import _fit_like_keras, run_peer
 from pipeline.cli import main
 from pipeline.metrics import Counts, confusion
 
@@ -84,6 +84,63 @@ def test_conv_ae_peer_predicts_one_flag_per_test_row():
     assert np.all(np.isfinite(result.score))
 
 
+def _tiny_autoencoder(seed: int, learning_rate: float = 0.01):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input(shape=(12, 3)),
+            layers.Conv1D(4, 3, padding="same", strides=2, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Conv1DTranspose(3, 3, padding="same", strides=2),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss=keras.losses.MeanSquaredError())
+    return model
+
+
+def _tiny_windows() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    wave = np.sin(np.arange(12) / 2)[None, :, None] * rng.normal(size=(75, 1, 3))
+    return (wave + 0.05 * rng.normal(size=(75, 12, 3))).astype(np.float32)
+
+
+def test_conv_ae_epoch_graph_makes_the_same_updates_as_train_on_batch():
+    """The in-graph epoch loop against one ``train_on_batch`` per batch: same batches, same dropout, same weights."""
+    windows = _tiny_windows()  # 67 train windows: two batches of 32 and one of 3 per epoch
+    fast = _tiny_autoencoder(seed=5)
+    assert _fit_like_keras(fast, windows, epochs=3, batch_size=32, validation_split=0.1, patience=10, seed=7) == 3
+    slow = _tiny_autoencoder(seed=5)
+    split = int(len(windows) * 0.9)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        order = rng.permutation(split)
+        for lo in range(0, split, 32):
+            batch = windows[:split][order[lo : lo + 32]]
+            slow.train_on_batch(batch, batch)
+    for got, want in zip(fast.get_weights(), slow.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(fast.get_weights()[0], _tiny_autoencoder(seed=5).get_weights()[0])  # it did train
+
+
+def test_conv_ae_training_lowers_the_loss_and_stops_on_its_validation_rule():
+    windows = _tiny_windows()
+
+    def loss(model) -> float:
+        return float(np.mean(np.square(windows - np.asarray(model.predict_on_batch(windows)))))
+
+    model = _tiny_autoencoder(seed=0)
+    before = loss(model)
+    _fit_like_keras(model, windows, epochs=30, batch_size=32, validation_split=0.1, patience=30, seed=0)
+    assert loss(model) < 0.5 * before
+    # Learning rate 0: the validation loss never improves on the first epoch's, so training
+    # stops after 1 + patience epochs.
+    frozen = _tiny_autoencoder(seed=0, learning_rate=0.0)
+    assert _fit_like_keras(frozen, windows, epochs=30, batch_size=32, validation_split=0.1, patience=4, seed=0) == 5
+
+
 @needs_skab
 def test_benchmark_command_end_to_end_on_two_real_files(tmp_path, capsys):
     data = tmp_path / "skab"
@@ -132,6 +189,26 @@ def test_benchmark_command_end_to_end_on_two_real_files(tmp_path, capsys):
     assert {"f1", "far", "mar", "valve1_f1", "other_mar"} <= set(next(r for r in children if r.data.tags["detector"] == "product").data.metrics)
     artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id)]
     assert "summary.json" in artifacts and "summary.md" in artifacts
+
+
+@needs_skab
+def test_peers_in_worker_processes_give_the_same_predictions_as_in_process(tmp_path):
+    from pipeline.benchmark.skab import run_benchmark
+
+    data = tmp_path / "skab"
+    for group, name in (("valve1", "1"), ("other", "2")):
+        (data / group).mkdir(parents=True)
+        shutil.copy(SKAB / group / f"{name}.csv", data / group / f"{name}.csv")
+    peers = ["isolation_forest", "pca_t2q"]
+    summaries = {}
+    for workers in (0, 2):
+        out = tmp_path / f"out{workers}"
+        summaries[workers] = run_benchmark(data, out, f"sqlite:///{tmp_path / 'mlflow.db'}", peers, peer_workers=workers)
+    for name in peers:
+        assert summaries[0]["detectors"][name]["files"] == summaries[2]["detectors"][name]["files"]
+        for group, file in (("valve1", "1"), ("other", "2")):
+            inline = pd.read_csv(tmp_path / "out0" / "peers" / name / group / f"{file}.csv")
+            pd.testing.assert_frame_equal(inline, pd.read_csv(tmp_path / "out2" / "peers" / name / group / f"{file}.csv"))
 
 
 def test_benchmark_refuses_an_unknown_detector_and_a_missing_folder(tmp_path, capsys):
