@@ -1,13 +1,16 @@
 """Score: model + scaler + threshold + validated table -> per-row scores and sensor contributions.
 
 A row's score is the reconstruction error of the window ending at that row: causal, one score
-per row. The error is the mean over the window's time steps and sensors of the squared error in
-scaled units, each sensor's part divided by its ``error_scale`` (the sensor's mean error on
-held-out normal windows, so one noisy sensor cannot dominate; 1.0 when normalisation is off).
+per row. Each sensor's error in a window is its mean squared residual (scaled units) plus
+``offset_weight`` times its squared mean residual, divided by its ``error_scale`` (its mean
+error on held-out normal windows, so one noisy sensor cannot dominate; 1.0 when normalisation
+is off); the window's error is the largest of these (``combine: max``) or their mean. Sensors
+listed in ``Scaler.centred`` enter every window centred on their own mean (judged by shape).
 With ``smoothing_rows`` k > 1 the score is the trailing mean of the last k window errors (a
 finite, causal filter): a row's score then depends on ``window_size - 1 + k - 1`` earlier rows.
 Rows without that much history in their segment get NaN. A sensor's contribution is its share
-of the (normalised) squared error of the row's window, so a row's contributions add up to 1.
+of the sum of the (normalised) sensor errors of the row's window, so a row's contributions add
+up to 1.
 """
 
 from __future__ import annotations
