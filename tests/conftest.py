@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +117,37 @@ def run_config(tmp_path) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(TINY_CONFIG_YAML + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
     return path
+
+
+@contextlib.contextmanager
+def local_server(command: list[str], probe: str, log_path: Path, env: dict[str, str], cwd: Path | None = None, timeout: float = 240) -> Iterator[str]:
+    """Start ``command`` on a free port of 127.0.0.1 (``{port}`` in it is replaced by the port)
+    and yield its base URL once ``probe`` (a path such as ``/health``) answers; stop it after.
+
+    The server's environment gets this interpreter's folder first on PATH (MLflow starts helpers
+    by name) and no MLFLOW_TRACKING_URI unless ``env`` sets one.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    full_env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, **env}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *(part.replace("{port}", str(port)) for part in command)],
+            cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}{probe}", timeout=2)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+                time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(process.pid, 15)
+        process.wait(timeout=30)

@@ -8,17 +8,13 @@ training and one scoring run) and drives headless Chromium (Debian's ``chromium`
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import local_server
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(__file__).parent / "artifacts"
@@ -32,46 +28,22 @@ webdriver = pytest.importorskip("selenium.webdriver")
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     pytest.skip(f"{CHROMIUM} and {CHROMEDRIVER} are needed (apt-get install chromium chromium-driver)", allow_module_level=True)
 
-from selenium.common.exceptions import ElementClickInterceptedException, ElementNotInteractableException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    ElementClickInterceptedException,
+    ElementNotInteractableException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(trained_store, tmp_path_factory):
     """``mlflow server`` over the shared store; yields its base URL."""
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("ui") / "server.log"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner: faster start, fewer processes
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", trained_store.uri, "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
-            cwd=trained_store.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/health", timeout=2)
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
-                time.sleep(0.5)
+    command = ["mlflow", "server", "--backend-store-uri", trained_store.uri, "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runner: faster start, fewer processes
+    with local_server(command, "/health", tmp_path_factory.mktemp("ui") / "server.log", env, cwd=trained_store.root) as base:
         yield base
-    finally:
-        os.killpg(process.pid, 15)
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

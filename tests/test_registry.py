@@ -4,11 +4,8 @@ challenger aliases and a gated promotion; and what training and scoring runs sho
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from mlflow.tracking import MlflowClient
 import mlflow
 from pipeline import runner
 from pipeline.cli import main
-from tests.conftest import tiny_config
+from tests.conftest import local_server, tiny_config
 
 
 def in_process(*args: str, capsys) -> tuple[int, str, str]:
@@ -69,39 +66,13 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
     return {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_invocations(trained_store, tmp_path):
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": trained_store.uri, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    log = (tmp_path / "serve.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/pump@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
-                time.sleep(0.5)
+    command = ["mlflow", "models", "serve", "-m", "models:/pump@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]
+    with local_server(command, "/ping", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": trained_store.uri}, timeout=180) as base:
         frame = pd.read_csv(trained_store.csv).head(60)
         body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False)), "params": {"source": "pump.csv"}}
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"}
-        )
+        request = urllib.request.Request(f"{base}/invocations", json.dumps(body).encode(), {"Content-Type": "application/json"})
         returned = pd.DataFrame(json.loads(urllib.request.urlopen(request, timeout=60).read())["predictions"])
-    finally:
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        log.close()
     expected = pd.read_csv(trained_store.out / "scores.csv").head(60)
     assert len(returned) == 60 and returned["score"].notna().sum() == 60 - 7  # window 8
     for column in ("score", "anomaly", "contrib_vibration_rms"):
