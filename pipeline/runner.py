@@ -48,6 +48,7 @@ from pipeline.report import (
 )
 from pipeline.score import (
     ErrorNormaliser,
+    ErrorRule,
     RowScores,
     combine_sensors,
     fit_drift_rate,
@@ -204,9 +205,8 @@ def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundl
     )
 
     trained = train_autoencoder(values, train_starts, val_starts, window, config.model, scaler.centred_mask)
-    errors, shares = reconstruction_errors(
-        trained.model, values, holdout_starts, window, config.scoring.batch_size, centred=scaler.centred_mask, offset_weight=config.scoring.offset_weight
-    )
+    rule = ErrorRule(centred=scaler.centred_mask, offset_weight=config.scoring.offset_weight)  # raw: normalised and combined below
+    errors, shares = reconstruction_errors(trained.model, values, holdout_starts, window, config.scoring.batch_size, rule)
     # The held-out windows' scores, computed as scoring will: normalised per sensor, smoothed.
     error_scale = drift_rate = drift_reference = None
     if config.scoring.normalise_sensors:

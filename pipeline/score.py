@@ -38,35 +38,40 @@ class Reconstructor(Protocol):
     def predict_on_batch(self, windows: np.ndarray) -> np.ndarray: ...
 
 
+@dataclass(frozen=True)
+class ErrorRule:
+    """How a window's residuals become its error and per-sensor shares (module docstring).
+
+    ``centred``: sensors whose windows are centred on their own mean (``Scaler.centred_mask``);
+    ``offset_weight``: extra weight of a sensor's squared mean residual; ``combine``: ``"mean"``
+    or ``"max"`` over sensors; ``normaliser``: per-sensor divisors, ``None`` for 1.0.
+    """
+
+    centred: np.ndarray | None = None
+    offset_weight: float = 0.0
+    combine: str = "mean"
+    normaliser: ErrorNormaliser | None = None
+
+
 def reconstruction_errors(
     model: Reconstructor,
     values: np.ndarray,
     starts: np.ndarray,
     window_size: int,
     batch_size: int,
-    progress: bool = False,
-    normaliser: ErrorNormaliser | None = None,
-    times_ns: np.ndarray | None = None,
-    centred: np.ndarray | None = None,
-    combine: str = "mean",
-    offset_weight: float = 0.0,
+    rule: ErrorRule = ErrorRule(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Errors of the windows beginning at ``starts``, predicted one batch at a time.
 
     Args:
         values: scaled sensor values, shape (n_rows, n_sensors).
-        normaliser: per-sensor divisors of the squared errors; ``None`` for 1.0.
-        times_ns: UTC nanoseconds per row of ``values`` (for the normaliser's drift allowance).
-        centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
-        combine: ``"mean"`` or ``"max"`` over sensors (``combine_sensors``).
-        offset_weight: extra weight of a sensor's mean residual over the window (``ScoringConfig``).
 
     Returns:
         ``errors`` of shape (n_windows,) and per-sensor error shares of shape (n_windows, n_sensors).
     """
     errors = np.empty(len(starts), dtype=np.float32)
     shares = np.empty((len(starts), values.shape[1]), dtype=np.float32)
-    _predict_into(model, values, starts, window_size, batch_size, progress, errors, shares, False, normaliser, times_ns, centred, combine, offset_weight)
+    _predict_into(model, values, starts, window_size, batch_size, rule, errors, shares, by_end_row=False)
     return errors, shares
 
 
@@ -121,7 +126,13 @@ class ErrorNormaliser:
         return (1.0 / (self.scale + self.allowance * np.square(self.drift_rate * dt))).astype(np.float32)
 
 
-def normaliser_for(bundle: ModelBundle) -> ErrorNormaliser | None:
+def rule_for(bundle: ModelBundle) -> ErrorRule:
+    """How the bundle turns residuals into errors: its centred sensors, scoring settings and normaliser."""
+    scoring = bundle.config.scoring
+    return ErrorRule(bundle.scaler.centred_mask, scoring.offset_weight, scoring.combine, _normaliser(bundle))
+
+
+def _normaliser(bundle: ModelBundle) -> ErrorNormaliser | None:
     """The bundle's error normaliser, or ``None`` when it has no per-sensor error scale."""
     if bundle.error_scale is None:
         return None
@@ -171,19 +182,17 @@ def _predict_into(
     starts: np.ndarray,
     window_size: int,
     batch_size: int,
-    progress: bool,
+    rule: ErrorRule,
     errors: np.ndarray,
     shares: np.ndarray,
     by_end_row: bool,
-    normaliser: ErrorNormaliser | None = None,
     times_ns: np.ndarray | None = None,
-    centred: np.ndarray | None = None,
-    combine: str = "mean",
-    offset_weight: float = 0.0,
+    progress: bool = False,
 ) -> None:
     """Predict the windows beginning at ``starts`` a batch at a time; window ``i``'s error and
     per-sensor shares go to index ``i`` of ``errors`` and ``shares``, or, with ``by_end_row``,
-    to the index of the window's last row.
+    to the index of the window's last row. ``times_ns`` (UTC nanoseconds per row) feed the
+    normaliser's drift allowance.
 
     Only one batch of windows (batch_size, window_size, n_sensors) is copied out at a time.
     """
@@ -191,20 +200,20 @@ def _predict_into(
     batches = range(0, len(starts), batch_size)
     show_bar = progress and sys.stderr.isatty()
     for number, lo in enumerate(tqdm(batches, desc="scoring", unit="batch", disable=not show_bar)):
-        windows = gather_windows(values, starts[lo : lo + batch_size], window_size, centred)
+        windows = gather_windows(values, starts[lo : lo + batch_size], window_size, rule.centred)
         rebuilt = np.asarray(model.predict_on_batch(windows))
         residual = windows - rebuilt
         # (batch, n_sensors): the squared residual summed over the window, plus offset_weight times
         # the window's length times the squared mean residual.
         per_sensor = np.square(residual).sum(axis=1)
-        if offset_weight:
-            per_sensor += offset_weight * np.square(residual.sum(axis=1)) / window_size
-        if normaliser is not None:
+        if rule.offset_weight:
+            per_sensor += rule.offset_weight * np.square(residual.sum(axis=1)) / window_size
+        if rule.normaliser is not None:
             ends = starts[lo : lo + len(windows)] + (window_size - 1)
-            per_sensor = per_sensor * normaliser.weights(None if times_ns is None else times_ns[ends])
+            per_sensor = per_sensor * rule.normaliser.weights(None if times_ns is None else times_ns[ends])
         total = per_sensor.sum(axis=1)
         where = starts[lo : lo + len(windows)] + (window_size - 1) if by_end_row else slice(lo, lo + len(windows))
-        errors[where] = combine_sensors(per_sensor, combine) / window_size
+        errors[where] = combine_sensors(per_sensor, rule.combine) / window_size
         safe_total = np.where(total > 0, total, 1.0)[:, None]
         shares[where] = np.where(total[:, None] > 0, per_sensor / safe_total, 1.0 / n_sensors)
         if progress and not show_bar and number % 200 == 199:
@@ -231,11 +240,9 @@ def score_table(
     window_size: int,
     max_gap_seconds: float,
     batch_size: int,
-    progress: bool = False,
-    normaliser: ErrorNormaliser | None = None,
+    rule: ErrorRule = ErrorRule(),
     smoothing_rows: int = 1,
-    combine: str = "mean",
-    offset_weight: float = 0.0,
+    progress: bool = False,
 ) -> RowScores:
     """Score every row of a validated, time-sorted table with the window ending at it.
 
@@ -247,8 +254,8 @@ def score_table(
     starts = window_starts(segment, window_size, stride=1)
     score = np.full(len(table), np.nan, dtype=np.float32)
     contributions = np.full((len(table), len(scaler.sensors)), np.nan, dtype=np.float32)
-    times_ns = utc_ns(table["timestamp"]) if normaliser is not None else None
-    _predict_into(model, values, starts, window_size, batch_size, progress, score, contributions, True, normaliser, times_ns, scaler.centred_mask, combine, offset_weight)
+    times_ns = utc_ns(table["timestamp"]) if rule.normaliser is not None else None
+    _predict_into(model, values, starts, window_size, batch_size, rule, score, contributions, True, times_ns, progress)
     if smoothing_rows > 1:
         score = smooth_trailing(score, smoothing_rows, segment)
     return RowScores(score=score, contributions=contributions, segment=segment)
@@ -263,11 +270,9 @@ def score_rows(bundle: ModelBundle, table: pd.DataFrame, progress: bool = False)
         bundle.window_size,
         bundle.max_gap_seconds,
         bundle.config.scoring.batch_size,
-        progress=progress,
-        normaliser=normaliser_for(bundle),
-        smoothing_rows=bundle.config.scoring.smoothing_rows,
-        combine=bundle.config.scoring.combine,
-        offset_weight=bundle.config.scoring.offset_weight,
+        rule_for(bundle),
+        bundle.config.scoring.smoothing_rows,
+        progress,
     )
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.benchmark.peers import _fit_like_keras, run_peer
+from pipeline.benchmark.peers import KerasFit, run_peer
 from pipeline.cli import main
 from pipeline.metrics import Counts, confusion
 
@@ -111,7 +111,7 @@ def test_conv_ae_epoch_graph_makes_the_same_updates_as_train_on_batch():
     """The in-graph epoch loop against one ``train_on_batch`` per batch: same batches, same dropout, same weights."""
     windows = _tiny_windows()  # 67 train windows: two batches of 32 and one of 3 per epoch
     fast = _tiny_autoencoder(seed=5)
-    assert _fit_like_keras(fast, windows, epochs=3, batch_size=32, validation_split=0.1, patience=10, seed=7) == 3
+    assert KerasFit(fast, batch_size=32).fit(windows, epochs=3, validation_split=0.1, patience=10, seed=7) == 3
     slow = _tiny_autoencoder(seed=5)
     split = int(len(windows) * 0.9)
     rng = np.random.default_rng(7)
@@ -133,12 +133,12 @@ def test_conv_ae_training_lowers_the_loss_and_stops_on_its_validation_rule():
 
     model = _tiny_autoencoder(seed=0)
     before = loss(model)
-    _fit_like_keras(model, windows, epochs=30, batch_size=32, validation_split=0.1, patience=30, seed=0)
+    KerasFit(model, batch_size=32).fit(windows, epochs=30, validation_split=0.1, patience=30, seed=0)
     assert loss(model) < 0.5 * before
     # Learning rate 0: the validation loss never improves on the first epoch's, so training
     # stops after 1 + patience epochs.
     frozen = _tiny_autoencoder(seed=0, learning_rate=0.0)
-    assert _fit_like_keras(frozen, windows, epochs=30, batch_size=32, validation_split=0.1, patience=4, seed=0) == 5
+    assert KerasFit(frozen, batch_size=32).fit(windows, epochs=30, validation_split=0.1, patience=4, seed=0) == 5
 
 
 @needs_skab

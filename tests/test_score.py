@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from pipeline.score import combine_sensors, reconstruction_errors
+from pipeline.score import ErrorRule, combine_sensors, reconstruction_errors
 
 
 class _Zero:
@@ -18,7 +18,7 @@ def test_a_sustained_offset_weighs_more_than_noise_of_the_same_energy():
     values = np.concatenate([noise, offset]).astype(np.float32)
     starts = np.array([0, 16])
     plain, _ = reconstruction_errors(_Zero(), values, starts, 16, batch_size=8)
-    weighted, _ = reconstruction_errors(_Zero(), values, starts, 16, batch_size=8, offset_weight=3.0)
+    weighted, _ = reconstruction_errors(_Zero(), values, starts, 16, batch_size=8, rule=ErrorRule(offset_weight=3.0))
     np.testing.assert_allclose(plain, [1.0, 1.0])
     np.testing.assert_allclose(weighted, [1.0, 4.0])  # 1 + 3 * mean**2
 
@@ -31,6 +31,6 @@ def test_the_worst_sensor_decides_with_max_and_is_diluted_with_mean():
 
 def test_shares_follow_the_sensors_errors_whatever_the_combination():
     values = np.column_stack([np.full(8, 1.0), np.full(8, 3.0)]).astype(np.float32)  # squared errors 1 and 9
-    errors, shares = reconstruction_errors(_Zero(), values, np.array([0]), 8, batch_size=4, combine="max")
+    errors, shares = reconstruction_errors(_Zero(), values, np.array([0]), 8, batch_size=4, rule=ErrorRule(combine="max"))
     np.testing.assert_allclose(errors, [9.0])
     np.testing.assert_allclose(shares, [[0.1, 0.9]])

@@ -162,11 +162,6 @@ def _conv_ae_trainer(window: int, n_sensors: int) -> KerasFit:
     return KerasFit(model, batch_size=32)
 
 
-def _fit_like_keras(model, windows: np.ndarray, epochs: int, batch_size: int, validation_split: float, patience: int, seed: int) -> int:
-    """``KerasFit(model, batch_size).fit(...)``: train a compiled ``model`` as ``model.fit`` would."""
-    return KerasFit(model, batch_size).fit(windows, epochs, validation_split, patience, seed)
-
-
 class KerasFit:
     """What ``model.fit(x, x, validation_split=..., callbacks=[EarlyStopping(patience)])`` does with
     a compiled model (its optimizer and loss): the last ``validation_split`` of the windows
