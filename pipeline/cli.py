@@ -1,4 +1,4 @@
-"""Command line: parses arguments, calls the runner, maps errors to exit codes.
+"""Command line: parses arguments, calls a job, maps errors to exit codes.
 
 Exit codes: 0 success; 1 unexpected failure; 2 bad input or config; 3 another run holds the lock;
 4 ``promote``'s gate kept the champion.
@@ -23,8 +23,14 @@ UI_HINT = "open the MLflow UI with: mlflow ui --backend-store-uri {uri}  (then h
 def _common(parser: argparse.ArgumentParser, config: bool = True) -> None:
     if config:
         parser.add_argument("--config", metavar="FILE", help="YAML settings file (flags override it)")
-    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, metavar="NAME", help=f"registered model name (default: {DEFAULT_MODEL_NAME})")
-    parser.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)")
+    parser.add_argument(
+        "--model-name", default=DEFAULT_MODEL_NAME, metavar="NAME", help=f"registered model name (default: {DEFAULT_MODEL_NAME})"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
 
 
@@ -53,16 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
     run.add_argument("--input", required=True, metavar="DIR", help="folder of CSV/Parquet files")
     run.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
-    run.add_argument("--state", default="data/state", metavar="DIR", help="bookkeeping, quarantine list and lock (default: data/state)")
+    run.add_argument(
+        "--state", default="data/state", metavar="DIR", help="bookkeeping, quarantine list and lock (default: data/state)"
+    )
     run.add_argument("--retrain", action="store_true", help="train a new model version first, even if one exists")
     run.add_argument("--dry-run", action="store_true", help="list what would be processed; write nothing")
     _common(run)
 
     promote = commands.add_parser(
-        "promote", help="give the champion alias (used by score and run) to a version, by default the challenger, if it passes the gate"
+        "promote",
+        help="give the champion alias (used by score and run) to a version, by default the challenger, if it passes the gate",
     )
     promote.add_argument("--version", metavar="N", help="version to promote (default: the one holding @challenger)")
-    promote.add_argument("--input", nargs="+", metavar="PATH", help="data to judge on (default: the files of the latest scoring run)")
+    promote.add_argument(
+        "--input", nargs="+", metavar="PATH", help="data to judge on (default: the files of the latest scoring run)"
+    )
     promote.add_argument("--label-column", metavar="COL", help="judge by F1 against this label column instead of by alarm rate")
     promote.add_argument("--force", action="store_true", help="promote without the gate (the decision is still logged)")
     _common(promote)
@@ -72,9 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     skab = suites.add_parser("skab", help="SKAB outlier detection: fit on rows 0..399 of each labelled file, predict the rest")
     skab.add_argument("--data", required=True, metavar="DIR", help="SKAB folder holding valve1/, valve2/ and other/")
     skab.add_argument("--out", required=True, metavar="DIR", help="folder for predictions and summary.json / summary.md")
-    skab.add_argument("--detector", nargs="+", metavar="NAME", help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae")
+    skab.add_argument(
+        "--detector",
+        nargs="+",
+        metavar="NAME",
+        help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae",
+    )
     skab.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
-    skab.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)")
+    skab.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
+    )
     skab.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
     return parser
 
@@ -90,10 +110,6 @@ def _setup_logging(verbose: bool) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from pipeline import (
-        runner,  # heavy imports (MLflow, pandas) only once arguments are good
-    )
-
     out = getattr(args, "out", None)
     if out and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
@@ -106,19 +122,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         summary = run_benchmark(Path(args.data), Path(args.out), args.tracking_uri, args.detector, load_config(args.config))
         _print_benchmark(summary, Path(args.out))
         print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
-        return
+        return 0
     if args.command == "score":
-        outcome = runner.score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
+        from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
+
+        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
         _print_score(outcome)
-        return
+        return 0
     config = load_config(args.config)
     if args.command == "promote":
-        outcome = runner.promote_job(args.model_name, args.version, args.tracking_uri, config, args.input, args.label_column, args.force)
+        from pipeline.jobs.promote import promote_job
+
+        outcome = promote_job(args.model_name, args.version, args.tracking_uri, config, args.input, args.label_column, args.force)
         before = f"version {outcome.champion_before}" if outcome.champion_before else "none"
         verb = "promoted" if outcome.promoted else "kept"
-        print(f"{verb}: {args.model_name} version {outcome.version if outcome.promoted else outcome.champion_before} holds @champion "
-              f"(before: {before}); gate {outcome.gate}: {outcome.reason} (run {outcome.run_id})")  # fmt: skip
-        return
+        print(
+            f"{verb}: {args.model_name} version {outcome.version if outcome.promoted else outcome.champion_before} "
+            "holds @champion "
+            f"(before: {before}); gate {outcome.gate}: {outcome.reason} (run {outcome.run_id})"
+        )
+        return 0
     if args.command == "train":
         config = with_overrides(
             config,
@@ -128,13 +151,26 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "training.normal_until": args.normal_until,
             },
         )
-        outcome = runner.train_job(args.input, config, args.model_name, args.tracking_uri)
-        print(f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})")
+        from pipeline.jobs.train import train_job
+
+        outcome = train_job(args.input, config, args.model_name, args.tracking_uri)
+        print(
+            f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})"
+        )
     else:
-        outcome = runner.run_job(
-            Path(args.input), Path(args.out), Path(args.state), config, args.model_name, args.tracking_uri,
-            config_given=args.config is not None, retrain=args.retrain, dry_run=args.dry_run,
-        )  # fmt: skip
+        from pipeline.jobs.run import run_job
+
+        outcome = run_job(
+            Path(args.input),
+            Path(args.out),
+            Path(args.state),
+            config,
+            args.model_name,
+            args.tracking_uri,
+            config_given=args.config is not None,
+            retrain=args.retrain,
+            dry_run=args.dry_run,
+        )
         code = _print_run(outcome, args)
         if code:
             return code
@@ -147,15 +183,21 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
     if outcome.dry_run:
         print(f"dry run: nothing written; model: {outcome.model_version}")
         for c in outcome.candidates:
-            action = {"new": "would process", "appended": "would process new rows of", "processed": "skip (processed)",
-                      "quarantined": "skip (quarantined)", "changed": "would quarantine"}[c.kind]  # fmt: skip
+            action = {
+                "new": "would process",
+                "appended": "would process new rows of",
+                "processed": "skip (processed)",
+                "quarantined": "skip (quarantined)",
+                "changed": "would quarantine",
+            }[c.kind]
             print(f"  {action}: {c.name}" + (f" ({c.note})" if c.note else ""))
         return 0
     if outcome.trained:
         print(f"trained {args.model_name} version {outcome.trained.model_version}: threshold {outcome.trained.threshold:.6g}")
     if outcome.folder is not None:
         print(
-            f"processed {len(outcome.processed)} file(s), {outcome.rows_in} new rows, with model version {outcome.model_version}: "
+            f"processed {len(outcome.processed)} file(s), {outcome.rows_in} new rows, "
+            f"with model version {outcome.model_version}: "
             f"{outcome.rows_written} rows written ({outcome.rows_held} held back until the next batch decides their flag), "
             f"{outcome.rows_flagged} flagged, {outcome.events} event(s) touched\n"
             f"report: {outcome.folder} (all events so far: {Path(args.out) / 'anomalies.csv'})"

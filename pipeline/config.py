@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import InputError
 
@@ -51,6 +58,7 @@ class TrainingConfig(_Section):
         if isinstance(value, str) and not re.search(r"\d{4}-\d{2}-\d{2}|\d{1,2}[/.]\d{1,2}[/.]\d{2,4}", value):
             raise ValueError("must be a timestamp with a date, e.g. '2026-10-10 00:00:00'")
         return value
+
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # last part of normal rows, for calibration
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # last part of the rest, for early stopping
 
@@ -125,7 +133,8 @@ class ScoringConfig(_Section):
 class PromotionConfig(_Section):
     """The gate ``promote`` applies before a challenger becomes champion."""
 
-    alarm_rate_budget: float = Field(default=0.05, ge=0, le=1)  # without labels: most flagged/scored rows allowed
+    # without labels: most flagged/scored rows allowed; with labels marking no anomaly: the FAR allowed above the champion's
+    alarm_rate_budget: float = Field(default=0.05, ge=0, le=1)
     f1_tolerance: float = Field(default=0.0, ge=0, le=1)  # with labels: how much lower than the champion's F1 may be
 
 
@@ -143,11 +152,7 @@ class PipelineConfig(_Section):
 
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key`` -> value, for logging as parameters."""
-        return {
-            f"{section}.{key}": value
-            for section, values in self.model_dump().items()
-            for key, value in values.items()
-        }
+        return {f"{section}.{key}": value for section, values in self.model_dump().items() for key, value in values.items()}
 
 
 def _describe(error: ValidationError, origin: str) -> str:

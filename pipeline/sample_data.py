@@ -17,9 +17,15 @@ import pandas as pd
 from scipy.signal import lfilter
 
 SENSORS = [
-    "vibration_rms", "motor_current", "discharge_pressure", "suction_pressure",
-    "bearing_temperature", "motor_temperature", "flow_rate", "speed",
-]  # fmt: skip
+    "vibration_rms",
+    "motor_current",
+    "discharge_pressure",
+    "suction_pressure",
+    "bearing_temperature",
+    "motor_temperature",
+    "flow_rate",
+    "speed",
+]
 START = pd.Timestamp("2026-10-01 00:00:00")
 NORMAL_UNTIL = "2026-10-10 00:00:00"
 
@@ -70,7 +76,9 @@ def generate(days: float = 14, seed: int = 7, faults: list[Fault] = FAULTS, step
     }
     timestamps = START + pd.to_timedelta(np.arange(n, dtype=np.int64) * step_seconds, unit="s")
     for fault in faults:
-        span = (timestamps >= pd.Timestamp(fault.start)) & (timestamps < pd.Timestamp(fault.start) + pd.Timedelta(hours=fault.hours))
+        span = (timestamps >= pd.Timestamp(fault.start)) & (
+            timestamps < pd.Timestamp(fault.start) + pd.Timedelta(hours=fault.hours)
+        )
         k = int(span.sum())
         if k == 0:
             continue

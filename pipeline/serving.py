@@ -1,33 +1,47 @@
-"""The registered model as an MLflow pyfunc: a raw sensor frame in, per-row scores out.
+"""Prediction on a frame, MLflow-free: what the registered model serves.
 
-``AnomalyModel.predict`` runs the same ingest, scoring and event code as ``anomaly-pipeline
-score`` on one frame (one stream), so ``mlflow.pyfunc.load_model("models:/NAME@champion")
-.predict(frame)`` returns the rows of ``scores.csv`` for it: ``source``, ``timestamp``,
-``score``, ``threshold``, ``anomaly``, ``event_id``, ``contrib_<sensor>`` and ``status``.
-
-The model's state is the bundle folder (``model.keras`` + ``bundle.json``), shipped as the
-pyfunc's ``bundle`` artifact; the package code travels with it (``code_paths``). The model is
-logged from code (``pipeline/pyfunc_model.py``), so nothing is pickled.
+``predict_frame`` runs the same ingest, scoring and event code as ``anomaly-pipeline score`` on
+one frame (one stream), so the pyfunc (``pipeline.tracking.AnomalyModel``) returns the rows of
+``scores.csv`` for it: ``source``, ``timestamp``, ``score``, ``threshold``, ``anomaly``,
+``event_id``, ``contrib_<sensor>`` and ``status``.
 """
 
 from __future__ import annotations
 
 from importlib import metadata
-from pathlib import Path
-from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
 
-from pipeline.bundle import ModelBundle, load_bundle
-from pipeline.ingest import IngestResult, RawSource, iso_utc, validate
-from pipeline.report import scores_table
-from pipeline.tracking import PYFUNC_BUNDLE_ARTIFACT
+from pipeline.config import IngestConfig
+from pipeline.data.files import RawSource
+from pipeline.data.ingest import IngestResult, validate
+from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.scoring import flag_events, score_rows
+from pipeline.reports.tables import scores_table
+from pipeline.utc import iso_utc
 
 DEFAULT_SOURCE = "input"
 EXAMPLE_EXTRA_ROWS = 8  # beyond one window, so the input example yields scores
 # What scoring imports (TensorFlow is not needed: the NumPy twin runs the model).
-REQUIREMENTS = ["mlflow", "numpy", "pandas", "pyarrow", "h5py", "pydantic", "pyyaml", "matplotlib", "tqdm", "scikit-learn", "scipy"]
+REQUIREMENTS = [
+    "mlflow",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "h5py",
+    "pydantic",
+    "pyyaml",
+    "matplotlib",
+    "tqdm",
+    "scikit-learn",
+    "scipy",
+]
+
+
+def scoring_ingest(bundle: ModelBundle, label_column: str | None = None) -> IngestConfig:
+    """The model's reading settings for data to score: no label column (unless one is asked
+    for, to judge against), even when the model was trained on labelled rows."""
+    return bundle.config.ingest.model_copy(update={"label_column": label_column})
 
 
 def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAULT_SOURCE) -> pd.DataFrame:
@@ -46,17 +60,10 @@ def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAUL
     Raises:
         InputError: a column is missing or no row is usable.
     """
-    from pipeline.runner import (  # runner imports MLflow
-        LoadedInput,
-        reading_config,
-        score_events,
-    )
-
-    config = reading_config(bundle.config)
     raw = RawSource(name=source, frame=frame.reset_index(drop=True), digest="")
-    result = validate([raw], config.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
-    rows, event, _ = score_events(bundle, LoadedInput(result, {}, {}, [source]), "", "")
-    out = scores_table(result, rows, event, bundle.threshold.value, [source]).to_pandas()
+    result = validate([raw], scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    rows = score_rows(bundle, result.table)
+    out = scores_table(result, rows, flag_events(bundle, rows), bundle.threshold.value, [source]).to_pandas()
     out["status"] = out["status"].fillna("").astype(object)
     return out
 
@@ -73,15 +80,3 @@ def input_example(result: IngestResult, bundle: ModelBundle) -> pd.DataFrame:
 def requirements() -> list[str]:
     """Pinned versions of what the served model imports, as installed here."""
     return [f"{name}=={metadata.version(name)}" for name in REQUIREMENTS]
-
-
-class AnomalyModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc wrapper: loads the bundle artifact, predicts with ``predict_frame``."""
-
-    def load_context(self, context: Any) -> None:
-        self.bundle = load_bundle(Path(context.artifacts[PYFUNC_BUNDLE_ARTIFACT]))
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream."""
-        source = str((params or {}).get("source") or DEFAULT_SOURCE)
-        return predict_frame(self.bundle, pd.DataFrame(model_input), source)

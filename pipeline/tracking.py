@@ -1,4 +1,5 @@
-"""Everything that talks to MLflow: runs, parameters, metrics, artifacts and the model registry.
+"""Everything that talks to MLflow: runs, parameters, metrics, artifacts, the model registry and
+the registered model itself (``AnomalyModel``, an MLflow pyfunc). No other module imports mlflow.
 
 The tracking store defaults to ``MLFLOW_TRACKING_URI``, else the embedded sqlite store
 ``mlflow/mlflow.db`` with artifacts in ``mlflow/artifacts`` (relative to the working directory).
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -20,22 +22,42 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow.pyfunc
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import mlflow
 import pipeline
+from pipeline import serving
+from pipeline.detector.bundle import load_bundle
 from pipeline.errors import InputError
+from pipeline.store.names import BUNDLE_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
-BUNDLE_ARTIFACT_PATH = "model"  # the run-relative name of the logged model
 CHAMPION = "champion"  # the alias score and run use
 CHALLENGER = "challenger"  # the alias of a newer version waiting for promotion
 DESCRIPTION_TAG = "mlflow.note.content"  # what the MLflow UI shows as a run's description
-PYFUNC_BUNDLE_ARTIFACT = "bundle"  # the bundle folder's name among the pyfunc model's artifacts
+TAG_LIMIT = 5000  # characters an MLflow tag holds
+INPUT_PATHS_TAG = "input_paths"  # JSON list of the files a run read (promote re-reads them)
+INPUT_PATHS_ARTIFACT_TAG = "input_paths_artifact"  # ... or the artifact holding it, when too long for a tag
+# The registered model is logged from code (nothing pickled): MLflow runs this file to load it.
+PYFUNC_CODE = "from mlflow.models import set_model\n\nfrom pipeline.tracking import AnomalyModel\n\nset_model(AnomalyModel())\n"
+
+
+class AnomalyModel(mlflow.pyfunc.PythonModel):
+    """The registered pyfunc: loads the bundle artifact, predicts with ``serving.predict_frame``."""
+
+    def load_context(self, context: Any) -> None:
+        self.bundle = load_bundle(Path(context.artifacts[BUNDLE_FOLDER]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream."""
+        source = str((params or {}).get("source") or serving.DEFAULT_SOURCE)
+        return serving.predict_frame(self.bundle, pd.DataFrame(model_input), source)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -114,14 +136,15 @@ class RegisteredVersion:
 
 
 class Tracker:
-    """A tracking store and the experiment of one model name.
+    """A tracking store and one experiment in it.
 
-    The experiment is named after the model, unless ``MLFLOW_EXPERIMENT_NAME`` names another.
+    ``experiment_name`` is used unless ``MLFLOW_EXPERIMENT_NAME`` names another (the jobs name
+    the experiment after the model).
     """
 
     def __init__(self, tracking_uri: str | None, experiment_name: str):
-        self.model_name = experiment_name
         experiment_name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or experiment_name
+        self.experiment_name = experiment_name
         self.uri = resolve_tracking_uri(tracking_uri)
         db_path = _sqlite_path(self.uri)
         connect_uri = _with_busy_timeout(self.uri)
@@ -151,7 +174,7 @@ class Tracker:
             yield active.info.run_id
         except BaseException as exc:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            mlflow.set_tag("error", f"{type(exc).__name__}: {message}"[:5000])
+            mlflow.set_tag("error", f"{type(exc).__name__}: {message}"[:TAG_LIMIT])
             mlflow.end_run(status="FAILED")
             raise
         mlflow.end_run(status="FINISHED")
@@ -176,12 +199,32 @@ class Tracker:
             started = _process_start(int(tags["pid"]))
             if started is not None and (started == "unknown" or not tags.get("pid_start") or started == tags["pid_start"]):
                 continue  # still alive
-            self.client.set_tag(run.info.run_id, "error", f"process {tags['pid']} on {host} ended without closing this run (killed)")
+            self.client.set_tag(
+                run.info.run_id, "error", f"process {tags['pid']} on {host} ended without closing this run (killed)"
+            )
             self.client.set_terminated(run.info.run_id, status="KILLED")
             marked.append(run.info.run_id)
         if marked:
             log.warning("marked %d run(s) left RUNNING by killed processes as KILLED: %s", len(marked), ", ".join(marked))
         return marked
+
+    def record_input_paths(self, paths: list[Path]) -> None:
+        """Record the files a run read, as a JSON tag, or as an artifact when too long for one."""
+        text = json.dumps([str(Path(p).resolve()) for p in paths])
+        if len(text) <= TAG_LIMIT:
+            mlflow.set_tag(INPUT_PATHS_TAG, text)
+        else:
+            mlflow.log_text(text, INPUT_PATHS_ARTIFACT)
+            mlflow.set_tag(INPUT_PATHS_ARTIFACT_TAG, INPUT_PATHS_ARTIFACT)
+
+    def recorded_input_paths(self, run: Any) -> list[str]:
+        """The files ``record_input_paths`` recorded for a run (empty when it recorded none)."""
+        tags = run.data.tags
+        if INPUT_PATHS_TAG in tags:
+            return json.loads(tags[INPUT_PATHS_TAG])
+        if INPUT_PATHS_ARTIFACT_TAG in tags:
+            return json.loads(mlflow.artifacts.load_text(f"{run.info.artifact_uri}/{tags[INPUT_PATHS_ARTIFACT_TAG]}"))
+        return []
 
     def log_params(self, params: dict[str, Any]) -> None:
         mlflow.log_params({key: ("" if value is None else str(value)[:6000]) for key, value in params.items()})
@@ -224,23 +267,26 @@ class Tracker:
     def register_model(
         self, bundle_folder: Path, model_name: str, run_id: str, example_input: Any, example_output: Any
     ) -> tuple[str, str]:
-        """Log the bundle as a pyfunc model (``pipeline.serving``) and register it.
+        """Log the bundle as the pyfunc ``AnomalyModel`` and register it.
 
         The first version of a name gets the alias ``champion``, later ones ``challenger``
         (promote moves ``champion``). Returns (version, alias).
         """
         from mlflow.models import infer_signature
 
-        from pipeline import serving
-
         package = Path(pipeline.__file__).parent
-        with warnings.catch_warnings():  # "integer columns cannot hold missing values": anomaly is 0/1, never missing
+        with (
+            tempfile.TemporaryDirectory(prefix="pyfunc-") as code_dir,
+            warnings.catch_warnings(),  # "integer columns cannot hold missing values": anomaly is 0/1, never missing
+        ):
             warnings.simplefilter("ignore", UserWarning)
+            code_file = Path(code_dir) / "anomaly_model.py"
+            code_file.write_text(PYFUNC_CODE)
             signature = infer_signature(example_input, example_output, params={"source": serving.DEFAULT_SOURCE})
             info = mlflow.pyfunc.log_model(
-                name=BUNDLE_ARTIFACT_PATH,
-                python_model=str(package / "pyfunc_model.py"),
-                artifacts={PYFUNC_BUNDLE_ARTIFACT: str(bundle_folder)},
+                name=MODEL_ARTIFACT,
+                python_model=str(code_file),
+                artifacts={BUNDLE_FOLDER: str(bundle_folder)},
                 code_paths=[str(package)],
                 signature=signature,
                 input_example=example_input,
@@ -303,7 +349,9 @@ class Tracker:
         quote = '"' if "'" in model_name else "'"
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.stage = '{stage}' and tags.model_name = {quote}{model_name}{quote} and attributes.status = 'FINISHED'",
+            filter_string=(
+                f"tags.stage = '{stage}' and tags.model_name = {quote}{model_name}{quote} and attributes.status = 'FINISHED'"
+            ),
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -330,4 +378,4 @@ class Tracker:
         temporary folder that is removed afterwards."""
         root = self.client.get_model_version_download_uri(model_name, version).rstrip("/")
         with tempfile.TemporaryDirectory(prefix="bundle-") as target:
-            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{PYFUNC_BUNDLE_ARTIFACT}", dst_path=target))
+            yield Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{BUNDLE_FOLDER}", dst_path=target))

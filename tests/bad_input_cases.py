@@ -63,32 +63,112 @@ def _mixed_zones(frame: pd.DataFrame) -> pd.DataFrame:
 
 CASES = [
     Case("base", "a clean file: every row scored", lambda f: _csv(_base(f)), 0),
-    Case("semicolon_decimal_comma", "';' and decimal comma, with ingest.decimal=','", lambda f: _csv(_base(f), sep=";", decimal=","), 0, "ingest: {decimal: ','}"),
-    Case("decimal_comma_not_configured", "decimal comma without ingest.decimal: every value is text -> file quarantined",
-         lambda f: _csv(_base(f), sep=";", decimal=","), 2),
-    Case("wrong_delimiter", "ingest.delimiter ',' on a ';' file -> file quarantined (column not found)", lambda f: _csv(_base(f), sep=";"), 2,
-         "ingest: {delimiter: ','}"),
-    Case("missing_sensor_column", "a model sensor column missing -> file quarantined", lambda f: _csv(_base(f).drop(columns="speed")), 2),
-    Case("renamed_sensor_column", "a model sensor column renamed -> file quarantined", lambda f: _csv(_base(f).rename(columns={"speed": "speed_rpm"})), 2),
-    Case("extra_columns", "extra columns -> warned about, ignored (listed in quality.json)",
-         lambda f: _csv(_base(f).assign(site="north", spare=1.0)), 0),
-    Case("columns_reordered", "columns in another order -> matched by name", lambda f: _csv(_base(f)[list(f.columns[:1]) + list(f.columns[1:][::-1])]), 0),
-    Case("text_in_numeric", "text in a sensor cell -> that row set aside (status names value and column)", lambda f: _csv(_set(f, 50, "motor_current", "ERR")), 0),
-    Case("exact_duplicates", "two exact duplicate rows -> dropped, counted", lambda f: _csv(pd.concat([_base(f), _base(f).iloc[[60, 61]]]).sort_index(kind="stable")), 0),
-    Case("conflicting_timestamp", "same timestamp, other values -> all rows of that time set aside",
-         lambda f: _csv(pd.concat([_base(f), _base(f).iloc[[70]].assign(speed=1.0)]).sort_index(kind="stable")), 0),
-    Case("out_of_order", "two rows swapped -> sorted, counted", lambda f: _csv(_base(f).iloc[[*range(80), 81, 80, *range(82, ROWS)]]), 0),
-    Case("gap_longer_than_window", "30 min gap (> window of 8 min) -> no window across it: 7 more unscored rows",
-         lambda f: _csv(_base(f).drop(index=range(100, 130))), 0),
-    Case("nan_runs", "3 missing (filled, repaired) and 10 missing (set aside, > max_fill_rows=5)",
-         lambda f: _csv(_set(_set(f, range(20, 23), "motor_current", np.nan), range(120, 130), "flow_rate", np.nan)), 0),
-    Case("flatlined_sensor", "a sensor stuck for 100 rows -> quality flag (quality.json), not an anomaly rule",
-         lambda f: _csv(_set(f, range(50, 150), "speed", 1480.0)), 0),
-    Case("mixed_time_zones", "some timestamps with an offset, some without, no zone configured -> file quarantined", lambda f: _csv(_mixed_zones(f)), 2),
-    Case("mixed_time_zones_zone_given", "the same, with ingest.source_timezone set -> naive ones read in that zone", lambda f: _csv(_mixed_zones(f)), 0,
-         "ingest: {source_timezone: UTC}"),
-    Case("ambiguous_local_time", "naive Berlin times across the DST change, ingest.source_timezone set -> repeated hour set aside",
-         lambda f: _csv(_dst_frame(f)), 0, "ingest: {source_timezone: Europe/Berlin}"),
+    Case(
+        "semicolon_decimal_comma",
+        "';' and decimal comma, with ingest.decimal=','",
+        lambda f: _csv(_base(f), sep=";", decimal=","),
+        0,
+        "ingest: {decimal: ','}",
+    ),
+    Case(
+        "decimal_comma_not_configured",
+        "decimal comma without ingest.decimal: every value is text -> file quarantined",
+        lambda f: _csv(_base(f), sep=";", decimal=","),
+        2,
+    ),
+    Case(
+        "wrong_delimiter",
+        "ingest.delimiter ',' on a ';' file -> file quarantined (column not found)",
+        lambda f: _csv(_base(f), sep=";"),
+        2,
+        "ingest: {delimiter: ','}",
+    ),
+    Case(
+        "missing_sensor_column",
+        "a model sensor column missing -> file quarantined",
+        lambda f: _csv(_base(f).drop(columns="speed")),
+        2,
+    ),
+    Case(
+        "renamed_sensor_column",
+        "a model sensor column renamed -> file quarantined",
+        lambda f: _csv(_base(f).rename(columns={"speed": "speed_rpm"})),
+        2,
+    ),
+    Case(
+        "extra_columns",
+        "extra columns -> warned about, ignored (listed in quality.json)",
+        lambda f: _csv(_base(f).assign(site="north", spare=1.0)),
+        0,
+    ),
+    Case(
+        "columns_reordered",
+        "columns in another order -> matched by name",
+        lambda f: _csv(_base(f)[list(f.columns[:1]) + list(f.columns[1:][::-1])]),
+        0,
+    ),
+    Case(
+        "text_in_numeric",
+        "text in a sensor cell -> that row set aside (status names value and column)",
+        lambda f: _csv(_set(f, 50, "motor_current", "ERR")),
+        0,
+    ),
+    Case(
+        "exact_duplicates",
+        "two exact duplicate rows -> dropped, counted",
+        lambda f: _csv(pd.concat([_base(f), _base(f).iloc[[60, 61]]]).sort_index(kind="stable")),
+        0,
+    ),
+    Case(
+        "conflicting_timestamp",
+        "same timestamp, other values -> all rows of that time set aside",
+        lambda f: _csv(pd.concat([_base(f), _base(f).iloc[[70]].assign(speed=1.0)]).sort_index(kind="stable")),
+        0,
+    ),
+    Case(
+        "out_of_order",
+        "two rows swapped -> sorted, counted",
+        lambda f: _csv(_base(f).iloc[[*range(80), 81, 80, *range(82, ROWS)]]),
+        0,
+    ),
+    Case(
+        "gap_longer_than_window",
+        "30 min gap (> window of 8 min) -> no window across it: 7 more unscored rows",
+        lambda f: _csv(_base(f).drop(index=range(100, 130))),
+        0,
+    ),
+    Case(
+        "nan_runs",
+        "3 missing (filled, repaired) and 10 missing (set aside, > max_fill_rows=5)",
+        lambda f: _csv(_set(_set(f, range(20, 23), "motor_current", np.nan), range(120, 130), "flow_rate", np.nan)),
+        0,
+    ),
+    Case(
+        "flatlined_sensor",
+        "a sensor stuck for 100 rows -> quality flag (quality.json), not an anomaly rule",
+        lambda f: _csv(_set(f, range(50, 150), "speed", 1480.0)),
+        0,
+    ),
+    Case(
+        "mixed_time_zones",
+        "some timestamps with an offset, some without, no zone configured -> file quarantined",
+        lambda f: _csv(_mixed_zones(f)),
+        2,
+    ),
+    Case(
+        "mixed_time_zones_zone_given",
+        "the same, with ingest.source_timezone set -> naive ones read in that zone",
+        lambda f: _csv(_mixed_zones(f)),
+        0,
+        "ingest: {source_timezone: UTC}",
+    ),
+    Case(
+        "ambiguous_local_time",
+        "naive Berlin times across the DST change, ingest.source_timezone set -> repeated hour set aside",
+        lambda f: _csv(_dst_frame(f)),
+        0,
+        "ingest: {source_timezone: Europe/Berlin}",
+    ),
     Case("header_only", "only a header -> file quarantined", lambda f: _csv(_base(f).iloc[:0]), 2),
     Case("binary", "binary bytes -> file quarantined", lambda f: b"\x00\x01\x02PK\x03\x04" * 50, 2),
     Case("truncated", "last line cut off mid-row -> file quarantined naming the line", lambda f: _csv(_base(f))[:-40], 2),
@@ -109,8 +189,23 @@ def run_case(case: Case, frame: pd.DataFrame, root: Path, uri: str, config_text:
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["run", "--input", str(root / "in"), "--out", str(root / "out"), "--state", str(root / "state"),
-                     "--config", str(config), "--model-name", "pump", "--tracking-uri", uri])
+        code = main(
+            [
+                "run",
+                "--input",
+                str(root / "in"),
+                "--out",
+                str(root / "out"),
+                "--state",
+                str(root / "state"),
+                "--config",
+                str(config),
+                "--model-name",
+                "pump",
+                "--tracking-uri",
+                uri,
+            ]
+        )
     folders = sorted(p for p in (root / "out").iterdir() if p.is_dir()) if (root / "out").exists() else []
     result = {"code": code, "errors": [line for line in err.getvalue().splitlines() if line.startswith("error:")], "counts": {}}
     if folders:
@@ -123,23 +218,35 @@ def run_case(case: Case, frame: pd.DataFrame, root: Path, uri: str, config_text:
 def describe(case: Case, result: dict) -> str:
     counts = result["counts"]
     if not counts:
-        return f"{case.name:30s} exit {result['code']}  file quarantined: {result['errors'][0][len('error: quarantined '):][:110] if result['errors'] else '-'}"
-    keys = ["duplicate_rows", "conflicting_timestamp", "out_of_order", "unparseable_value", "missing_run_too_long", "ambiguous_time", "late_rows"]
+        reason = result["errors"][0][len("error: quarantined ") :][:110] if result["errors"] else "-"
+        return f"{case.name:30s} exit {result['code']}  file quarantined: {reason}"
+    keys = [
+        "duplicate_rows",
+        "conflicting_timestamp",
+        "out_of_order",
+        "unparseable_value",
+        "missing_run_too_long",
+        "ambiguous_time",
+        "late_rows",
+    ]
     extra = ", ".join(f"{k}={counts[k]}" for k in keys if counts.get(k))
     flat = [s for s, v in result["quality"].get("sensors", {}).items() if v["flatlined"]]
     ignored = result["quality"].get("ignored_columns", [])
     scored = int(result["scores"]["score"].notna().sum())
     return (
-        f"{case.name:30s} exit {result['code']}  in={counts['rows_in']} clean={counts['rows_clean']} repaired={counts['rows_repaired']} "
+        f"{case.name:30s} exit {result['code']}  in={counts['rows_in']} clean={counts['rows_clean']} "
+        f"repaired={counts['rows_repaired']} "
         f"quarantined={counts['rows_quarantined']} scored={scored}"
-        + (f"  [{extra}]" if extra else "") + (f"  flatlined={flat}" if flat else "") + (f"  ignored={ignored}" if ignored else "")
+        + (f"  [{extra}]" if extra else "")
+        + (f"  flatlined={flat}" if flat else "")
+        + (f"  ignored={ignored}" if ignored else "")
     )
 
 
 if __name__ == "__main__":  # pragma: no cover - a report, run by hand
     import logging
 
-    from pipeline.runner import train_job
+    from pipeline.jobs.train import train_job
     from pipeline.sample_data import generate
     from tests.conftest import (
         TINY_CONFIG_YAML,

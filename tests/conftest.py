@@ -92,14 +92,15 @@ class TrainedStore:
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory, tiny_frame) -> TrainedStore:
     """Trained once per session and shared: the registry, UI and notebook tests only read it."""
-    from pipeline import runner
+    from pipeline.jobs.score import score_job
+    from pipeline.jobs.train import train_job
 
     root = tmp_path_factory.mktemp("store")
     csv = root / "pump.csv"
     tiny_frame.to_csv(csv, index=False)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    trained = runner.train_job([csv], tiny_config(), "pump", uri)
-    scored = runner.score_job([csv], root / "out", "pump", uri)
+    trained = train_job([csv], tiny_config(), "pump", uri)
+    scored = score_job([csv], root / "out", "pump", uri)
     return TrainedStore(uri, root, csv, root / "out", trained.run_id, scored.run_id)
 
 
@@ -120,7 +121,9 @@ def run_config(tmp_path) -> Path:
 
 
 @contextlib.contextmanager
-def local_server(command: list[str], probe: str, log_path: Path, env: dict[str, str], cwd: Path | None = None, timeout: float = 240) -> Iterator[str]:
+def local_server(
+    command: list[str], probe: str, log_path: Path, env: dict[str, str], cwd: Path | None = None, timeout: float = 240
+) -> Iterator[str]:
     """Start ``command`` on a free port of 127.0.0.1 (``{port}`` in it is replaced by the port)
     and yield its base URL once ``probe`` (a path such as ``/health``) answers; stop it after.
 
@@ -135,8 +138,12 @@ def local_server(command: list[str], probe: str, log_path: Path, env: dict[str, 
     with log_path.open("w") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", *(part.replace("{port}", str(port)) for part in command)],
-            cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            cwd=cwd,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.calibrate import Threshold, calibrate_threshold
 from pipeline.config import ThresholdConfig
+from pipeline.detector.threshold import Threshold, calibrate_threshold
 from pipeline.errors import InputError
 
 

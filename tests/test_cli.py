@@ -15,13 +15,27 @@ from pipeline.cli import main
 from tests.conftest import TINY_NORMAL_UNTIL
 
 SCORE_COLUMNS = ["source", "timestamp", "score", "threshold", "anomaly", "event_id"]
-EVENT_COLUMNS = ["event_id", "source", "start", "end", "n_rows", "peak_score", "mean_score", "threshold", "top_sensors", "model_version", "run_id"]
+EVENT_COLUMNS = [
+    "event_id",
+    "source",
+    "start",
+    "end",
+    "n_rows",
+    "peak_score",
+    "mean_score",
+    "threshold",
+    "top_sensors",
+    "model_version",
+    "run_id",
+]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _runs(uri: str):
@@ -31,13 +45,27 @@ def _runs(uri: str):
 
 
 def test_train_then_score_end_to_end(tmp_path, tiny_csv, tiny_config_file, tracking_uri):
-    train = cli("train", "--input", str(tiny_csv), "--normal-until", TINY_NORMAL_UNTIL, "--config", str(tiny_config_file),
-                "--model-name", "pump", "--tracking-uri", tracking_uri, cwd=tmp_path)  # fmt: skip
+    train = cli(
+        "train",
+        "--input",
+        str(tiny_csv),
+        "--normal-until",
+        TINY_NORMAL_UNTIL,
+        "--config",
+        str(tiny_config_file),
+        "--model-name",
+        "pump",
+        "--tracking-uri",
+        tracking_uri,
+        cwd=tmp_path,
+    )
     assert train.returncode == 0, train.stderr
     assert "version 1" in train.stdout
 
     out = tmp_path / "out"
-    score = cli("score", "--input", str(tiny_csv), "--out", str(out), "--model-name", "pump", "--tracking-uri", tracking_uri, cwd=tmp_path)
+    score = cli(
+        "score", "--input", str(tiny_csv), "--out", str(out), "--model-name", "pump", "--tracking-uri", tracking_uri, cwd=tmp_path
+    )
     assert score.returncode == 0, score.stderr
     scores = pd.read_csv(out / "scores.csv")
     source = pd.read_csv(tiny_csv)
@@ -47,7 +75,10 @@ def test_train_then_score_end_to_end(tmp_path, tiny_csv, tiny_config_file, track
     assert (pd.to_datetime(scores["timestamp"]).dt.tz_localize(None) == pd.to_datetime(source["timestamp"])).all()
     assert scores["score"].isna().sum() == 7  # window 8: the first 7 rows have no full window
     assert set(scores["anomaly"]) <= {0, 1} and scores["anomaly"].sum() > 0
-    assert scores.loc[scores["anomaly"] == 1, "event_id"].notna().all() and scores.loc[scores["anomaly"] == 0, "event_id"].isna().all()
+    assert (
+        scores.loc[scores["anomaly"] == 1, "event_id"].notna().all()
+        and scores.loc[scores["anomaly"] == 0, "event_id"].isna().all()
+    )
 
     anomalies = pd.read_csv(out / "anomalies.csv")
     assert list(anomalies.columns) == EVENT_COLUMNS and len(anomalies) >= 1
@@ -79,8 +110,19 @@ def test_run_trains_once_then_processes_only_new_files(tmp_path, tiny_frame, tin
     tiny_frame.iloc[:half].to_csv(landing / "a.csv", index=False)
     config = tmp_path / "run.yaml"
     config.write_text(tiny_config_file.read_text() + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
-    args = ("run", "--input", str(landing), "--out", str(tmp_path / "out"), "--state", str(tmp_path / "state"),
-            "--config", str(config), "--tracking-uri", tracking_uri)  # fmt: skip
+    args = (
+        "run",
+        "--input",
+        str(landing),
+        "--out",
+        str(tmp_path / "out"),
+        "--state",
+        str(tmp_path / "state"),
+        "--config",
+        str(config),
+        "--tracking-uri",
+        tracking_uri,
+    )
     first = cli(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     folders = sorted(p for p in (tmp_path / "out").iterdir() if p.is_dir())
@@ -141,10 +183,22 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tracking_uri, capsys, case, e
 def test_bad_config_and_unknown_model_exit_2(tmp_path, tiny_csv, tracking_uri, capsys):
     config = tmp_path / "bad.yaml"
     config.write_text("threshold:\n  method: median\n")
-    code, _, err = in_process("train", "--input", str(tiny_csv), "--config", str(config), "--tracking-uri", tracking_uri, capsys=capsys)
+    code, _, err = in_process(
+        "train", "--input", str(tiny_csv), "--config", str(config), "--tracking-uri", tracking_uri, capsys=capsys
+    )
     assert code == 2 and "threshold.method" in err and "'median'" in err
-    code, _, err = in_process("score", "--input", str(tiny_csv), "--out", str(tmp_path / "o"), "--model-name", "nope",
-                              "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    code, _, err = in_process(
+        "score",
+        "--input",
+        str(tiny_csv),
+        "--out",
+        str(tmp_path / "o"),
+        "--model-name",
+        "nope",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
     assert code == 2 and "no registered model named 'nope'" in err
 
 
@@ -161,8 +215,18 @@ def test_run_exits_3_while_another_run_holds_the_lock(tmp_path, tiny_csv, tracki
     state.mkdir()
     with (state / "run.lock").open("a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running job would
-        code, _, err = in_process("run", "--input", str(tiny_csv.parent), "--out", str(tmp_path / "out"), "--state", str(state),
-                                  "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+        code, _, err = in_process(
+            "run",
+            "--input",
+            str(tiny_csv.parent),
+            "--out",
+            str(tmp_path / "out"),
+            "--state",
+            str(state),
+            "--tracking-uri",
+            tracking_uri,
+            capsys=capsys,
+        )
     assert code == 3 and "another run holds the lock" in err
     assert not (tmp_path / "out").exists()
 
@@ -173,10 +237,32 @@ def test_model_trained_on_labels_scores_unlabelled_data(tmp_path, tiny_frame, tr
     tiny_frame.to_csv(tmp_path / "live.csv", index=False)
     config = tmp_path / "tiny.yaml"
     config.write_text("features: {window_size: 8}\nmodel: {filters: [8], latent_dim: 4, epochs: 1}\n")
-    code, _, err = in_process("train", "--input", str(tmp_path / "labelled.csv"), "--label-column", "anomaly", "--config", str(config),
-                              "--model-name", "pump's", "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    code, _, err = in_process(
+        "train",
+        "--input",
+        str(tmp_path / "labelled.csv"),
+        "--label-column",
+        "anomaly",
+        "--config",
+        str(config),
+        "--model-name",
+        "pump's",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
     assert code == 0, err
-    code, out, err = in_process("score", "--input", str(tmp_path / "live.csv"), "--out", str(tmp_path / "out"), "--model-name", "pump's",
-                                "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    code, out, err = in_process(
+        "score",
+        "--input",
+        str(tmp_path / "live.csv"),
+        "--out",
+        str(tmp_path / "out"),
+        "--model-name",
+        "pump's",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
     assert code == 0, err
     assert "model version 1" in out and len(pd.read_csv(tmp_path / "out" / "scores.csv")) == len(tiny_frame)

@@ -1,11 +1,26 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from pipeline.config import PipelineConfig, load_config, to_yaml, with_overrides
 from pipeline.errors import InputError
 
 
-def test_defaults_without_a_file():
-    assert load_config(None) == PipelineConfig()
+def test_the_readme_documents_every_setting_and_its_true_default():
+    """The README's Configuration block, read as a config file, is exactly the defaults."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    documented = yaml.safe_load(block)
+    assert documented == PipelineConfig().model_dump()
+
+
+def test_a_file_sets_what_it_names_and_leaves_the_rest_at_the_defaults(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("events:\n  min_event_rows: 7\n")
+    returned = load_config(path)
+    assert returned.events.min_event_rows == 7
+    assert returned.model_copy(update={"events": PipelineConfig().events}) == PipelineConfig()
 
 
 def test_file_values_and_flag_overrides(tmp_path):

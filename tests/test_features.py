@@ -5,7 +5,13 @@ import pandas as pd
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.features import count_windows, fit_scaler, gather_windows, segment_ids, wandering_sensors, window_starts
+from pipeline.features.scaler import fit_scaler, wandering_sensors
+from pipeline.features.windows import (
+    count_windows,
+    gather_windows,
+    segment_ids,
+    window_starts,
+)
 
 
 @given(n=st.integers(0, 300), window=st.integers(1, 40), stride=st.integers(1, 7))

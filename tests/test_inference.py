@@ -14,8 +14,8 @@ import pytest
 from keras import layers
 
 from pipeline.config import ModelConfig
-from pipeline.inference import NumpyAutoencoder, UnsupportedModel
-from pipeline.model import build_autoencoder
+from pipeline.model.autoencoder import build_autoencoder
+from pipeline.model.numpy_twin import NumpyAutoencoder, UnsupportedModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,7 +113,13 @@ def test_other_conv_geometries_match_keras(tmp_path):
 
 def test_sequential_model_matches_keras(tmp_path):
     model = keras.Sequential(
-        [keras.Input(shape=(12, 2)), layers.Conv1D(4, 3, strides=2, padding="same", activation="relu"), layers.Flatten(), layers.Dense(24), layers.Reshape((12, 2))]
+        [
+            keras.Input(shape=(12, 2)),
+            layers.Conv1D(4, 3, strides=2, padding="same", activation="relu"),
+            layers.Flatten(),
+            layers.Dense(24),
+            layers.Reshape((12, 2)),
+        ]
     )
     _randomize_biases(model)
     _assert_matches(model, _save(model, tmp_path / "m.keras"))
@@ -156,10 +162,10 @@ def test_runs_without_importing_tensorflow_or_keras(tmp_path):
         f"""
         import sys
         import numpy as np
-        import pipeline.inference
-        model = pipeline.inference.NumpyAutoencoder.from_keras_file({str(path)!r})
-        got = model.predict_on_batch(np.load({str(tmp_path / 'windows.npy')!r}))
-        np.testing.assert_allclose(got, np.load({str(tmp_path / 'expected.npy')!r}), rtol=1e-4, atol=1e-5)
+        import pipeline.model.numpy_twin
+        model = pipeline.model.numpy_twin.NumpyAutoencoder.from_keras_file({str(path)!r})
+        got = model.predict_on_batch(np.load({str(tmp_path / "windows.npy")!r}))
+        np.testing.assert_allclose(got, np.load({str(tmp_path / "expected.npy")!r}), rtol=1e-4, atol=1e-5)
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'jax', 'torch'))
         assert not loaded, loaded
         """

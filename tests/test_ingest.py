@@ -13,17 +13,15 @@ import pandas as pd
 import pytest
 
 from pipeline.config import IngestConfig
-from pipeline.errors import InputError
-from pipeline.ingest import (
-    IngestResult,
+from pipeline.data.files import (
     RawSource,
     discover_files,
     file_digest,
-    missing_runs,
     read_source,
     sniff_delimiter,
-    validate,
 )
+from pipeline.data.ingest import IngestResult, missing_runs, validate
+from pipeline.errors import InputError
 
 HEADER = "timestamp,a,b\n"
 
@@ -43,7 +41,7 @@ def rows(*lines: str) -> str:
 
 
 def ingest(paths: list[Path], config: IngestConfig | None = None, **kwargs) -> IngestResult:
-    """discover -> read -> validate, as the runner does."""
+    """discover -> read -> validate, as loading does."""
     config = config or IngestConfig()
     sources = [read_source(name, path, config) for name, path in discover_files(paths)]
     return validate(sources, config, **kwargs)
@@ -173,9 +171,7 @@ def test_parquet_input(tmp_path):
 
 
 def test_parquet_with_timestamp_index(tmp_path):
-    frame = pd.DataFrame(
-        {"a": [1.0, 2.0]}, index=pd.DatetimeIndex(["2024-01-01 00:00:00", "2024-01-01 00:00:01"], name="time")
-    )
+    frame = pd.DataFrame({"a": [1.0, 2.0]}, index=pd.DatetimeIndex(["2024-01-01 00:00:00", "2024-01-01 00:00:01"], name="time"))
     frame.to_parquet(tmp_path / "a.parquet")
 
     returned = ingest([tmp_path / "a.parquet"])
@@ -303,7 +299,9 @@ def test_truncated_last_line_is_input_error_naming_the_line(tmp_path):
 
 
 def test_row_with_too_many_fields_is_input_error_naming_the_line(tmp_path):
-    path = write(tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,3,4,5", "2024-01-01 00:00:02,5,6"))
+    path = write(
+        tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,3,4,5", "2024-01-01 00:00:02,5,6")
+    )
 
     with pytest.raises(InputError) as error:
         ingest([path])
@@ -490,7 +488,9 @@ def test_boolean_column_is_not_a_sensor(tmp_path):
 
 def test_given_sensors_with_text_quarantine_the_rows(tmp_path):
     # A trained model's sensor list is used as given, even where a file holds mostly text.
-    path = write(tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,off", "2024-01-01 00:00:01,2,4", "2024-01-01 00:00:02,3,off"))
+    path = write(
+        tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,off", "2024-01-01 00:00:01,2,4", "2024-01-01 00:00:02,3,off")
+    )
 
     returned = ingest([path], sensors=["a", "b"])
 
@@ -590,7 +590,8 @@ def test_short_missing_run_is_forward_filled(tmp_path):
     path = write(
         tmp_path,
         "a.csv",
-        HEADER + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,,4", "2024-01-01 00:00:02,NaN,6", "2024-01-01 00:00:03,7,8"),
+        HEADER
+        + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,,4", "2024-01-01 00:00:02,NaN,6", "2024-01-01 00:00:03,7,8"),
     )
 
     returned = ingest([path], IngestConfig(max_fill_rows=2))
@@ -608,7 +609,13 @@ def test_long_missing_run_is_quarantined_with_reason(tmp_path):
         tmp_path,
         "a.csv",
         HEADER
-        + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,,4", "2024-01-01 00:00:02,,6", "2024-01-01 00:00:03,,8", "2024-01-01 00:00:04,9,10"),
+        + rows(
+            "2024-01-01 00:00:00,1,2",
+            "2024-01-01 00:00:01,,4",
+            "2024-01-01 00:00:02,,6",
+            "2024-01-01 00:00:03,,8",
+            "2024-01-01 00:00:04,9,10",
+        ),
     )
 
     returned = ingest([path], IngestConfig(max_fill_rows=2))
@@ -763,7 +770,9 @@ def test_dst_ambiguous_local_time_is_quarantined(tmp_path):
 
 def test_nonexistent_local_time_is_quarantined(tmp_path):
     # 2024-03-31 02:30 never happens in Berlin (clocks jump from 02:00 to 03:00).
-    path = write(tmp_path, "a.csv", HEADER + rows("2024-03-31 01:30:00,1,2", "2024-03-31 02:30:00,3,4", "2024-03-31 03:30:00,5,6"))
+    path = write(
+        tmp_path, "a.csv", HEADER + rows("2024-03-31 01:30:00,1,2", "2024-03-31 02:30:00,3,4", "2024-03-31 03:30:00,5,6")
+    )
 
     returned = ingest([path], IngestConfig(source_timezone="Europe/Berlin"))
 
@@ -849,7 +858,12 @@ def test_unix_time_column_is_detected_and_read_as_utc(tmp_path, unit, scale):
 
 
 def test_infinite_or_huge_value_is_set_aside_not_scored(tmp_path):
-    path = write(tmp_path, "a.csv", HEADER + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,inf,4", "2024-01-01 00:00:02,1e300,6", "2024-01-01 00:00:03,7,8"))
+    path = write(
+        tmp_path,
+        "a.csv",
+        HEADER
+        + rows("2024-01-01 00:00:00,1,2", "2024-01-01 00:00:01,inf,4", "2024-01-01 00:00:02,1e300,6", "2024-01-01 00:00:03,7,8"),
+    )
 
     returned = ingest([path])
 

@@ -20,9 +20,17 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(__file__).parent / "artifacts"
 # The network is closed: without these Chromium stalls on updates, sync and first-run pages.
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1600,2000",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,2000",
+]
 
 webdriver = pytest.importorskip("selenium.webdriver")
 if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
@@ -40,7 +48,18 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 @pytest.fixture(scope="module")
 def server(trained_store, tmp_path_factory):
     """``mlflow server`` over the shared store; yields its base URL."""
-    command = ["mlflow", "server", "--backend-store-uri", trained_store.uri, "--host", "127.0.0.1", "--port", "{port}", "--workers", "1"]
+    command = [
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        trained_store.uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        "--workers",
+        "1",
+    ]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no background job runner: faster start, fewer processes
     with local_server(command, "/health", tmp_path_factory.mktemp("ui") / "server.log", env, cwd=trained_store.root) as base:
         yield base

@@ -11,7 +11,16 @@ from nbclient import NotebookClient
 from pipeline.sample_data import generate
 
 NOTEBOOKS = Path(__file__).parent.parent / "notebooks"
-SKAB_SENSORS = ["Accelerometer1RMS", "Accelerometer2RMS", "Current", "Pressure", "Temperature", "Thermocouple", "Voltage", "Volume Flow RateRMS"]
+SKAB_SENSORS = [
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+]
 
 
 def _execute(name: str) -> nbformat.NotebookNode:
@@ -22,13 +31,22 @@ def _execute(name: str) -> nbformat.NotebookNode:
 
 def _text(notebook: nbformat.NotebookNode) -> str:
     return "\n".join(
-        str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", "")) + str(output.get("data", {}).get("text/markdown", ""))
-        for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
-    )  # fmt: skip
+        str(output.get("text", ""))
+        + str(output.get("data", {}).get("text/plain", ""))
+        + str(output.get("data", {}).get("text/markdown", ""))
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
 
 
 def _images(notebook: nbformat.NotebookNode) -> int:
-    return sum("image/png" in output.get("data", {}) for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
+    return sum(
+        "image/png" in output.get("data", {})
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.get("outputs", [])
+    )
 
 
 @pytest.fixture()

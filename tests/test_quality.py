@@ -10,12 +10,18 @@ import pandas as pd
 import pytest
 
 from pipeline.config import IngestConfig
-from pipeline.ingest import IngestResult, discover_files, read_source, validate
-from pipeline.quality import flatline_runs, quality_figures, quality_report, sampling_interval_seconds
+from pipeline.data.files import discover_files, read_source
+from pipeline.data.ingest import IngestResult, validate
+from pipeline.data.quality import (
+    flatline_runs,
+    quality_figures,
+    quality_report,
+    sampling_interval_seconds,
+)
 
 
 def ingest_text(tmp_path: Path, text: str, config: IngestConfig | None = None) -> IngestResult:
-    """Write one CSV file and ingest it as the runner does."""
+    """Write one CSV file and ingest it as loading does."""
     path = tmp_path / "a.csv"
     path.write_text(text, encoding="utf-8")
     config = config or IngestConfig()
@@ -33,7 +39,9 @@ def csv(header: str, seconds: list[int], *columns: list[object]) -> str:
 
 
 def test_sampling_interval_is_the_median_step():
-    timestamps = pd.Series(pd.to_datetime(["2024-01-01 00:00:00", "2024-01-01 00:00:02", "2024-01-01 00:00:04", "2024-01-01 00:00:10"], utc=True))
+    timestamps = pd.Series(
+        pd.to_datetime(["2024-01-01 00:00:00", "2024-01-01 00:00:02", "2024-01-01 00:00:04", "2024-01-01 00:00:10"], utc=True)
+    )
 
     returned = sampling_interval_seconds(timestamps)
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import runner
 from pipeline.config import with_overrides
+from pipeline.jobs.score import score_job
+from pipeline.jobs.train import train_job
 from tests.conftest import tiny_config
 
 SKAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "skab"
@@ -22,9 +23,9 @@ def test_skab_file_trained_on_its_normal_start_and_scored_whole(tmp_path):
     config = with_overrides(tiny_config(), {"training.normal_until": normal_until, "features.window_size": 16, "model.epochs": 5})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
-    trained = runner.train_job([path], config, "skab", uri)
+    trained = train_job([path], config, "skab", uri)
     assert trained.model_version == "1"
-    outcome = runner.score_job([path], tmp_path / "out", "skab", uri)
+    outcome = score_job([path], tmp_path / "out", "skab", uri)
 
     scores = pd.read_csv(tmp_path / "out" / "scores.csv")
     assert len(scores) == len(source) == outcome.rows_in

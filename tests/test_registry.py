@@ -14,8 +14,8 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 import mlflow
-from pipeline import runner
 from pipeline.cli import main
+from pipeline.jobs.train import train_job
 from tests.conftest import local_server, tiny_config
 
 
@@ -38,7 +38,9 @@ def test_pyfunc_from_the_registry_scores_like_the_cli(trained_store):
     assert list(returned.columns) == list(expected.columns)
     assert (returned["source"] == expected["source"]).all() and (returned["timestamp"] == expected["timestamp"]).all()
     for column in _numeric(expected):
-        np.testing.assert_allclose(returned[column].to_numpy(float), expected[column].to_numpy(float), rtol=1e-6, atol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(
+            returned[column].to_numpy(float), expected[column].to_numpy(float), rtol=1e-6, atol=1e-9, equal_nan=True
+        )
     assert expected["anomaly"].sum() > 0  # the comparison covers flagged rows too
 
     sensors = [c for c in pd.read_csv(trained_store.csv, nrows=1).columns if c != "timestamp"]
@@ -67,7 +69,19 @@ def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
 
 
 def test_mlflow_models_serve_answers_invocations(trained_store, tmp_path):
-    command = ["mlflow", "models", "serve", "-m", "models:/pump@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}"]
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        "models:/pump@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        "{port}",
+    ]
     with local_server(command, "/ping", tmp_path / "serve.log", {"MLFLOW_TRACKING_URI": trained_store.uri}, timeout=180) as base:
         frame = pd.read_csv(trained_store.csv).head(60)
         body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False)), "params": {"source": "pump.csv"}}
@@ -131,20 +145,40 @@ def test_champion_challenger_and_gated_promotion(tmp_path, tiny_frame, tracking_
     labelled = tmp_path / "labelled.csv"
     tiny_frame.assign(anomaly=faulty.astype(int)).to_csv(labelled, index=False)
 
-    runner.train_job([live], tiny_config(), "gate", tracking_uri)
+    train_job([live], tiny_config(), "gate", tracking_uri)
     assert _aliases(client, "gate") == {"champion": "1"}
-    code, out, err = in_process("score", "--input", str(live), "--out", str(tmp_path / "out"), "--model-name", "gate",
-                                "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    code, out, err = in_process(
+        "score",
+        "--input",
+        str(live),
+        "--out",
+        str(tmp_path / "out"),
+        "--model-name",
+        "gate",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
     assert code == 0 and "model version 1" in out, err
 
     # A challenger whose threshold is far above any error: it never raises an alarm.
     blind = tiny_config().model_copy(deep=True)
     blind.threshold.method, blind.threshold.k, blind.model.epochs = "mean_std", 1000.0, 1
-    runner.train_job([live], blind, "gate", tracking_uri)
+    train_job([live], blind, "gate", tracking_uri)
     assert _aliases(client, "gate") == {"champion": "1", "challenger": "2"}
 
-    code, out, err = in_process("promote", "--model-name", "gate", "--input", str(labelled), "--label-column", "anomaly",
-                                "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    code, out, err = in_process(
+        "promote",
+        "--model-name",
+        "gate",
+        "--input",
+        str(labelled),
+        "--label-column",
+        "anomaly",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
     assert code == 4 and "not promoted" in err and "the challenger is worse" in err
     assert _aliases(client, "gate") == {"champion": "1", "challenger": "2"}
 
@@ -167,8 +201,18 @@ def test_champion_challenger_and_gated_promotion(tmp_path, tiny_frame, tracking_
     assert passed.data.metrics["challenger_alarm_rate"] == 0 and passed.data.metrics["champion_alarm_rate"] > 0
     assert "Decision: promoted" in passed.data.tags["mlflow.note.content"]
 
-    code, out, err = in_process("score", "--input", str(live), "--out", str(tmp_path / "out2"), "--model-name", "gate",
-                                "--tracking-uri", tracking_uri, capsys=capsys)  # fmt: skip
+    code, out, err = in_process(
+        "score",
+        "--input",
+        str(live),
+        "--out",
+        str(tmp_path / "out2"),
+        "--model-name",
+        "gate",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
     assert code == 0 and "model version 2" in out, err
 
 
@@ -178,6 +222,48 @@ def test_score_without_a_champion_says_how_to_promote(tmp_path, trained_store, c
     pump = client.get_model_version("pump", "1")
     client.create_registered_model("solo")
     client.create_model_version("solo", source=pump.source, run_id=pump.run_id)  # registered without an alias
-    code, _, err = in_process("score", "--input", str(trained_store.csv), "--out", str(tmp_path / "out"), "--model-name", "solo",
-                              "--tracking-uri", trained_store.uri, capsys=capsys)  # fmt: skip
+    code, _, err = in_process(
+        "score",
+        "--input",
+        str(trained_store.csv),
+        "--out",
+        str(tmp_path / "out"),
+        "--model-name",
+        "solo",
+        "--tracking-uri",
+        trained_store.uri,
+        capsys=capsys,
+    )
     assert code == 2 and "no version with alias 'champion'" in err and "anomaly-pipeline promote" in err
+
+
+def test_promote_on_labels_that_mark_no_anomaly_judges_false_alarms(tmp_path, tiny_frame, tracking_uri, capsys):
+    """F1 is 0 for both versions on fault-free labelled data: the gate compares false alarms instead."""
+    client = MlflowClient(tracking_uri)
+    live = tmp_path / "live.csv"
+    tiny_frame.to_csv(live, index=False)
+    healthy = tmp_path / "healthy.csv"
+    tiny_frame[tiny_frame["timestamp"] < "2026-10-01 14:00"].assign(anomaly=0).to_csv(healthy, index=False)
+    train_job([live], tiny_config(), "quiet", tracking_uri)
+    jumpy = tiny_config().model_copy(deep=True)
+    jumpy.threshold.margin = 0.01  # a threshold far below normal errors: alarms everywhere
+    train_job([live], jumpy, "quiet", tracking_uri)
+
+    code, _, err = in_process(
+        "promote",
+        "--model-name",
+        "quiet",
+        "--input",
+        str(healthy),
+        "--label-column",
+        "anomaly",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
+    assert code == 4 and "mark no anomaly" in err, err
+    assert _aliases(client, "quiet") == {"champion": "1", "challenger": "2"}
+    experiment = client.get_experiment_by_name("quiet").experiment_id
+    (refused,) = client.search_runs([experiment], "tags.stage = 'promote'")
+    assert refused.data.tags["gate"] == "false_alarms"
+    assert refused.data.metrics["challenger_far"] > refused.data.metrics["champion_far"] + 0.05

@@ -2,9 +2,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import EventsConfig
-from pipeline.ingest import IngestResult
-from pipeline.report import assign_events, scores_table, summarise_events, top_sensors
-from pipeline.score import RowScores
+from pipeline.data.ingest import IngestResult
+from pipeline.detector.events import assign_events
+from pipeline.detector.scoring import RowScores
+from pipeline.reports.tables import scores_table, summarise_events, top_sensors
 
 NAN = np.nan
 
@@ -42,14 +43,16 @@ def _result():
         {
             "source": ["f.csv"] * 4,
             "row": [0, 2, 3, 4],  # row 1 was set aside
-            "timestamp": pd.to_datetime([
-                "2026-01-01 00:00", "2026-01-01 00:02", "2026-01-01 00:03", "2026-01-01 00:04"
-            ], utc=True),
+            "timestamp": pd.to_datetime(
+                ["2026-01-01 00:00", "2026-01-01 00:02", "2026-01-01 00:03", "2026-01-01 00:04"], utc=True
+            ),
             "a": [1.0, 2.0, 3.0, 4.0],
             "b": [1.0, 1.0, 1.0, 1.0],
         }
     )
-    rejected = pd.DataFrame({"source": ["f.csv"], "row": [1], "timestamp": ["2026-01-01 00:01"], "status": ["duplicate of f.csv row 1"]})
+    rejected = pd.DataFrame(
+        {"source": ["f.csv"], "row": [1], "timestamp": ["2026-01-01 00:01"], "status": ["duplicate of f.csv row 1"]}
+    )
     return IngestResult(table=table, rejected=rejected, sensors=["a", "b"], timestamp_column="t")
 
 
@@ -63,11 +66,23 @@ def test_scores_table_keeps_every_input_row_in_order():
     event = np.array([0, 0, 1, 1])
     returned = scores_table(result, rows, event, 1.0, ["f.csv"]).to_pandas()
     assert list(returned.columns) == [
-        "source", "timestamp", "score", "threshold", "anomaly", "event_id", "contrib_a", "contrib_b", "status"
-    ]  # fmt: skip
+        "source",
+        "timestamp",
+        "score",
+        "threshold",
+        "anomaly",
+        "event_id",
+        "contrib_a",
+        "contrib_b",
+        "status",
+    ]
     assert returned["timestamp"].tolist() == [
-        "2026-01-01T00:00:00Z", "2026-01-01 00:01", "2026-01-01T00:02:00Z", "2026-01-01T00:03:00Z", "2026-01-01T00:04:00Z"
-    ]  # fmt: skip
+        "2026-01-01T00:00:00Z",
+        "2026-01-01 00:01",
+        "2026-01-01T00:02:00Z",
+        "2026-01-01T00:03:00Z",
+        "2026-01-01T00:04:00Z",
+    ]
     assert returned["anomaly"].tolist() == [0, 0, 0, 1, 1]
     assert returned["event_id"].isna().tolist() == [True, True, True, False, False]
     assert returned["status"].tolist()[1] == "duplicate of f.csv row 1"
@@ -88,11 +103,11 @@ def test_reports_are_written_readable_by_others(tmp_path):
 
     import pyarrow as pa
 
-    from pipeline.runner import write_csv_atomic
+    from pipeline.store.atomic import write_csv
 
     old = os.umask(0o022)
     try:
-        path = write_csv_atomic(pa.table({"a": [1]}), tmp_path / "r.csv")
+        path = write_csv(pa.table({"a": [1]}), tmp_path / "r.csv")
     finally:
         os.umask(old)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)

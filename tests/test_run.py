@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
-from pipeline.state import CRASH_ENV, PAUSE_ENV
+from pipeline.store.checkpoints import CRASH_ENV, PAUSE_ENV
 
 CUTS = [0, 500, 841, 1215, 1440]  # 1215 (20:15): inside the vibration-burst event, so one runs across a cut
 
@@ -35,8 +36,22 @@ class Job:
         self.uri, self.config = uri, config
 
     def args(self, *extra: str) -> list[str]:
-        return ["run", "--input", str(self.input), "--out", str(self.out), "--state", str(self.state),
-                "--config", str(self.config), "--model-name", "pump", "--tracking-uri", self.uri, *extra]  # fmt: skip
+        return [
+            "run",
+            "--input",
+            str(self.input),
+            "--out",
+            str(self.out),
+            "--state",
+            str(self.state),
+            "--config",
+            str(self.config),
+            "--model-name",
+            "pump",
+            "--tracking-uri",
+            self.uri,
+            *extra,
+        ]
 
     def run(self, capsys, *extra: str) -> tuple[int, str, str]:
         code = main(self.args(*extra))
@@ -46,8 +61,14 @@ class Job:
     def spawn(self, env: dict[str, str] | None = None, *extra: str) -> subprocess.Popen:
         full = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
         full.pop("MLFLOW_TRACKING_URI", None)
-        return subprocess.Popen([sys.executable, "-m", "pipeline", *self.args(*extra)], cwd=self.input.parent, env=full,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *self.args(*extra)],
+            cwd=self.input.parent,
+            env=full,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def folders(self) -> list[Path]:
         return sorted(p for p in self.out.iterdir() if p.is_dir()) if self.out.exists() else []
@@ -112,7 +133,9 @@ def test_consecutive_files_give_the_scores_and_flags_of_one_run(tmp_path, tiny_f
     assert_same_result(split, whole)
     # One event runs across the cut at row 1215: it keeps one id, and the cumulative report
     # holds it once with its full length.
-    crossing = split.anomalies()[(split.anomalies()["start"] < "2026-10-01T20:15") & (split.anomalies()["end"] > "2026-10-01T20:15")]
+    crossing = split.anomalies()[
+        (split.anomalies()["start"] < "2026-10-01T20:15") & (split.anomalies()["end"] > "2026-10-01T20:15")
+    ]
     assert len(crossing) == 1
 
     # Nothing new: no new folder, nothing written.
@@ -241,7 +264,9 @@ def test_two_starts_at_once_and_a_bad_file_among_good_ones(tmp_path, tiny_frame,
     codes = [p.returncode for p in procs]
     assert sorted(codes[:2]) == [0, 3], results
     loser = results[codes.index(3)][1]
-    assert [line for line in loser.splitlines() if line.startswith("error:")] == [f"error: {first.state / 'run.lock'}: another run holds the lock; try again later"]
+    assert [line for line in loser.splitlines() if line.startswith("error:")] == [
+        f"error: {first.state / 'run.lock'}: another run holds the lock; try again later"
+    ]
     assert "database is locked" not in "".join(r[1] for r in results)
 
     # The bad file is quarantined with its reason, the good ones are processed, exit 2.
@@ -269,3 +294,72 @@ def test_run_config_sets_reading_and_event_settings_of_an_existing_model(tmp_pat
     scores = job.scores()
     assert scores["score"].notna().sum() == len(tiny_frame) - 7  # read with the decimal comma
     assert scores["anomaly"].sum() == 0 and len(job.anomalies()) == 0  # no run is 100000 rows long
+
+
+def test_run_config_scoring_settings_other_than_batch_size_keep_the_models_and_are_warned_about(
+    tmp_path, tiny_frame, store, run_config, capsys, caplog
+):
+    """The threshold was calibrated under the model's scoring: only batch_size may change."""
+    plain = Job(tmp_path, store, run_config, "plain")
+    tiny_frame.to_csv(plain.input / "all.csv", index=False)
+    assert plain.run(capsys)[0] == 0
+    changed = tmp_path / "scoring.yaml"
+    changed.write_text(run_config.read_text() + "scoring: {combine: mean, offset_weight: 0.0, batch_size: 7}\n")
+    job = Job(tmp_path, store, changed, "scoring")
+    tiny_frame.to_csv(job.input / "all.csv", index=False)
+    code, _, err = job.run(capsys)
+    assert code == 0, err
+    warned = [r.getMessage() for r in caplog.records if "does not apply" in r.getMessage()]
+    assert len(warned) == 2 and "scoring.combine=mean" in warned[0] and "scoring.offset_weight=0.0" in warned[1]
+    np.testing.assert_allclose(job.scores()["score"], plain.scores()["score"], rtol=1e-5, equal_nan=True)
+
+
+def test_retrain_without_a_config_reads_the_batch_with_the_champions_settings(
+    tmp_path, tiny_frame, tracking_uri, run_config, capsys
+):
+    """The champion was trained on ';' files with decimal commas; a --retrain without --config keeps reading them so."""
+    run_config.write_text(run_config.read_text() + "ingest: {decimal: ','}\n")
+    job = Job(tmp_path, tracking_uri, run_config, "dec")
+    tiny_frame.iloc[: CUTS[2]].to_csv(job.input / "part0.csv", index=False, sep=";", decimal=",")
+    code, out, err = job.run(capsys)
+    assert code == 0 and "trained pump version 1" in out, err
+    tiny_frame.iloc[CUTS[2] :].to_csv(job.input / "part1.csv", index=False, sep=";", decimal=",")
+    args = job.args("--retrain")
+    at = args.index("--config")
+    code = main(args[:at] + args[at + 2 :])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "trained pump version 2" in out and "with model version 1" in out
+    scores = pd.read_csv(job.folders()[-1] / "scores.csv")
+    assert scores["status"].isna().all() and scores["score"].notna().all()  # every value read as a number
+
+
+@pytest.mark.parametrize(
+    "content, what",
+    [
+        ("{not json", "not readable as JSON"),
+        ('{"format": 7}', "state format 7"),
+        ('{"format": 1, "files": [], "quarantined": {}, "carry": null, "runs": []}', "not a valid state"),
+        ('{"format": 1, "files": {}, "quarantined": {}, "carry": {"sensors": 3}, "runs": []}', "not a valid state ('carry'"),
+    ],
+    ids=["not_json", "other_format", "files_not_a_mapping", "carry_edited"],
+)
+def test_a_corrupt_state_file_exits_2_naming_it_and_changes_nothing(
+    tmp_path, tiny_frame, store, run_config, capsys, content, what
+):
+    job = Job(tmp_path, store, run_config, "corrupt")
+    write_parts(tiny_frame, job.input, 1)
+    assert job.run(capsys)[0] == 0
+    write_parts(tiny_frame, job.input, 2)
+    state_file = job.state / "state.json"
+    state_file.write_text(content)
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for folder in (job.state, job.out) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    code, _, err = job.run(capsys)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, err
+    assert str(state_file) in errors[0] and what in errors[0]
+    assert snapshot() == before

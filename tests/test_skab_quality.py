@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.benchmark.skab import TRAIN_ROWS, read_skab, run_product
-from pipeline.metrics import Counts, confusion
+from pipeline.evaluation.metrics import Counts, confusion
 
 SKAB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "skab"
 FILES = [SKAB / "valve2" / f"{n}.csv" for n in (0, 3)]

@@ -6,13 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.bundle import load_bundle
 from pipeline.config import ModelConfig
+from pipeline.data.ingest import IngestResult
+from pipeline.detector.bundle import load_bundle
+from pipeline.detector.fitting import fit_bundle, normal_mask
+from pipeline.detector.scoring import score_rows
 from pipeline.errors import InputError
-from pipeline.ingest import IngestResult
-from pipeline.model import build_autoencoder
-from pipeline.runner import fit_bundle, normal_mask
-from pipeline.score import score_rows
+from pipeline.model.autoencoder import build_autoencoder
 from tests.conftest import TINY_NORMAL_UNTIL, tiny_config
 
 
@@ -20,7 +20,12 @@ def _result(frame: pd.DataFrame) -> IngestResult:
     sensors = [c for c in frame.columns if c != "timestamp"]
     table = frame.assign(source="pump.csv", row=np.arange(len(frame)))
     table["timestamp"] = table["timestamp"].dt.tz_localize("UTC")
-    return IngestResult(table=table, rejected=pd.DataFrame(columns=["source", "row", "timestamp", "status"]), sensors=sensors, timestamp_column="timestamp")
+    return IngestResult(
+        table=table,
+        rejected=pd.DataFrame(columns=["source", "row", "timestamp", "status"]),
+        sensors=sensors,
+        timestamp_column="timestamp",
+    )
 
 
 @pytest.mark.parametrize("architecture,window", [("conv", 8), ("conv", 10), ("dense", 7)])
@@ -32,7 +37,10 @@ def test_autoencoder_output_matches_its_input_shape(architecture, window):
 
 def test_normal_rows_come_from_normal_until_and_labels():
     table = pd.DataFrame(
-        {"timestamp": pd.to_datetime(["2026-01-01 00:00", "2026-01-01 00:01", "2026-01-01 00:02"], utc=True), "label": [0.0, 1.0, 0.0]}
+        {
+            "timestamp": pd.to_datetime(["2026-01-01 00:00", "2026-01-01 00:01", "2026-01-01 00:02"], utc=True),
+            "label": [0.0, 1.0, 0.0],
+        }
     )
     config = tiny_config().model_copy(deep=True)
     config.training.normal_until = "2026-01-01 00:02"
@@ -99,7 +107,7 @@ def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
 
 
 def test_denoising_batches_have_noisy_inputs_and_clean_targets():
-    from pipeline.train import WindowBatches
+    from pipeline.model.training import WindowBatches
 
     values = np.arange(40, dtype=np.float32).reshape(20, 2)
     starts = np.arange(0, 16)
@@ -130,4 +138,3 @@ def test_a_sensor_that_wanders_in_training_is_judged_by_shape_and_a_step_elsewhe
     flagged = bundle.threshold.value < score_rows(bundle, _result(frame).table).score
     assert not flagged[600:800].any()  # only the temperature is new there: no alarm
     assert flagged[810:900].mean() > 0.9
-

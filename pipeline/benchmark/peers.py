@@ -96,7 +96,7 @@ CONV_AE_WINDOW = 60
 def _conv_ae(values: np.ndarray, test_start: int, seed: int, epochs: int = 100, window: int = CONV_AE_WINDOW) -> PeerResult:
     import keras
 
-    from pipeline.features import window_view
+    from pipeline.features.windows import window_view
 
     scaler = StandardScaler().fit(values[:test_start])
     scaled = scaler.transform(values).astype(np.float32)

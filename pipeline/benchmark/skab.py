@@ -37,8 +37,13 @@ import pandas as pd
 
 from pipeline.benchmark.peers import PEERS, run_peer
 from pipeline.config import PipelineConfig, to_yaml, with_overrides
+from pipeline.data.loading import load_input
+from pipeline.detector.bundle import load_bundle
+from pipeline.detector.fitting import fit_bundle
+from pipeline.detector.scoring import flag_events, score_rows
 from pipeline.errors import InputError
-from pipeline.metrics import Counts, confusion
+from pipeline.evaluation.metrics import Counts, confusion
+from pipeline.store.names import PEERS_FOLDER, PREDICTIONS_FOLDER, PRODUCT_CONFIG_ARTIFACT, SUMMARY_JSON, SUMMARY_MD
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +120,15 @@ def product_config(frame: pd.DataFrame, base: PipelineConfig | None = None) -> P
 
 def run_product(path: Path, frame: pd.DataFrame, base: PipelineConfig | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train the product on rows 0..399 of one file and flag rows 400..end, as ``train`` + ``score`` do."""
-    from pipeline import runner  # heavy: pandas/pyarrow/MLflow wiring
-    from pipeline.bundle import load_bundle
-    from pipeline.score import flag_rows, score_rows
-
     config = product_config(frame, base)
-    loaded = runner.load_input([(path.name, path)], config)
-    fitted, _ = runner.fit_bundle(loaded.result, config)
+    loaded = load_input([(path.name, path)], config.ingest)
+    fitted, _ = fit_bundle(loaded.result, config)
     with tempfile.TemporaryDirectory(prefix="skab-bundle-") as folder:
         # Round trip through the bundle folder, as ``train`` then ``score`` do (NumPy twin, bundle.json).
         bundle = load_bundle(fitted.save(Path(folder)))
     table = loaded.result.table
     rows = score_rows(bundle, table)
-    flagged = flag_rows(bundle, rows, table["source"].to_numpy())
+    flagged = flag_events(bundle, rows) > 0
     # Map back to the file's rows: rows set aside by ingest are not flagged and have no score.
     anomaly = np.zeros(len(frame), dtype=np.int8)
     score = np.full(len(frame), np.nan)
@@ -184,7 +185,7 @@ def run_benchmark(
                 anomaly, score, seconds = outputs[name]
                 results[name].seconds += seconds
                 results[name].counts[skab.key] = confusion(anomaly, labels)
-                folder = out_dir / "predictions" if name == PRODUCT else out_dir / "peers" / name
+                folder = out_dir / PREDICTIONS_FOLDER if name == PRODUCT else out_dir / PEERS_FOLDER / name
                 _write_predictions(folder / skab.group / f"{skab.name}.csv", frame["datetime"].iloc[TRAIN_ROWS:], anomaly, score)
             log.info("file %d of %d: %s done", number, len(files), skab.key)
     finally:
@@ -193,8 +194,8 @@ def run_benchmark(
     wall = time.perf_counter() - started
     summary = summarise(results, files, wall)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "summary.md").write_text(render_markdown(summary))
+    (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
+    (out_dir / SUMMARY_MD).write_text(render_markdown(summary))
     _track(summary, out_dir, tracking_uri, product_config(read_skab(files[0].path), base) if PRODUCT in detectors else None)
     return summary
 
@@ -241,7 +242,10 @@ def summarise(results: dict[str, DetectorResult], files: list[SkabFile], wall_se
             "seconds": round(result.seconds, 2),
         }
     return {
-        "protocol": f"SKAB outlier detection: fit on rows 0..{TRAIN_ROWS - 1}, predict rows {TRAIN_ROWS}..end, point-wise counts summed over files",
+        "protocol": (
+            f"SKAB outlier detection: fit on rows 0..{TRAIN_ROWS - 1}, predict rows {TRAIN_ROWS}..end, "
+            "point-wise counts summed over files"
+        ),
         "files": len(files),
         "wall_seconds": round(wall_seconds, 2),
         "detectors": detectors,
@@ -268,9 +272,14 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for name, result in summary["detectors"].items():
         o = result["overall"]
         cells = [
-            f"{_f1(g['f1'])} / {_pct(g['far'])} / {_pct(g['mar'])}" if (g := result["groups"].get(group)) else "-" for group in GROUPS
+            f"{_f1(g['f1'])} / {_pct(g['far'])} / {_pct(g['mar'])}" if (g := result["groups"].get(group)) else "-"
+            for group in GROUPS
         ]
-        lines.append(f"| {name} | {_f1(o['f1'])} | {_pct(o['far'])} | {_pct(o['mar'])} | " + " | ".join(cells) + f" | {result['seconds']:.1f} |")
+        lines.append(
+            f"| {name} | {_f1(o['f1'])} | {_pct(o['far'])} | {_pct(o['mar'])} | "
+            + " | ".join(cells)
+            + f" | {result['seconds']:.1f} |"
+        )
     names = list(summary["detectors"])
     lines += ["", "## Per file (F1 / FAR / MAR)", "", "| file | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     keys = list(next(iter(summary["detectors"].values()))["files"]) if names else []
@@ -291,9 +300,9 @@ def _track(summary: dict[str, Any], out_dir: Path, tracking_uri: str | None, con
         tracker.log_params({"files": summary["files"], "detectors": ", ".join(summary["detectors"])})
         tracker.log_metrics({"wall_seconds": summary["wall_seconds"]})
         if config is not None:
-            tracker.log_text(to_yaml(config), "product_config.yaml")
-        tracker.log_artifact(out_dir / "summary.json")
-        tracker.log_artifact(out_dir / "summary.md")
+            tracker.log_text(to_yaml(config), PRODUCT_CONFIG_ARTIFACT)
+        tracker.log_artifact(out_dir / SUMMARY_JSON)
+        tracker.log_artifact(out_dir / SUMMARY_MD)
         for name, result in summary["detectors"].items():
             with tracker.run("benchmark", name, tags={"detector": name}, nested=True):
                 if name == PRODUCT and config is not None:

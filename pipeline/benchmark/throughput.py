@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from pipeline.sample_data import FAULTS, SENSORS, START, Fault, generate
+from pipeline.store.names import THROUGHPUT_JSON, THROUGHPUT_TRAIN_CONFIG, THROUGHPUT_TRAINED
 
 log = logging.getLogger("pipeline.benchmark.throughput")
 
@@ -48,10 +49,14 @@ def generate_series(rows: int, normal_rows: int, seed: int = SEED) -> pd.DataFra
     def at(fraction: float) -> str:
         return str(START + pd.Timedelta(seconds=normal_rows + int(rest * fraction)))
 
-    faults = [
-        Fault(fault.kind, fault.sensor, at(fraction), hours, fault.description)
-        for fault, fraction in zip(FAULTS, (0.15, 0.4, 0.65, 0.9))
-    ] if rest > 4 * 3600 else []  # fmt: skip
+    faults = (
+        [
+            Fault(fault.kind, fault.sensor, at(fraction), hours, fault.description)
+            for fault, fraction in zip(FAULTS, (0.15, 0.4, 0.65, 0.9))
+        ]
+        if rest > 4 * 3600
+        else []
+    )
     frame = generate(days=rows / 86400, seed=seed, faults=faults, step_seconds=1)
     return frame.iloc[:rows]
 
@@ -64,24 +69,56 @@ def write_csv(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def train_model(train_file: Path, normal_until: str, tracking_uri: str, model_name: str, epochs: int):
-    """Train and register a small model on the leading normal part (few epochs)."""
-    from pipeline import runner
-    from pipeline.config import PipelineConfig, with_overrides
+def train_model(train_file: Path, normal_until: str, tracking_uri: str, model_name: str, epochs: int, work: Path) -> str:
+    """Train and register a small model on the leading normal part (few epochs) with
+    ``anomaly-pipeline train`` as a child; returns what it printed."""
+    config = work / THROUGHPUT_TRAIN_CONFIG
+    config.write_text(f"model:\n  epochs: {epochs}\n  patience: 1\n  batch_size: 256\n")
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "train",
+        "--input",
+        str(train_file),
+        "--normal-until",
+        normal_until,
+        "--config",
+        str(config),
+        "--tracking-uri",
+        tracking_uri,
+        "--model-name",
+        model_name,
+    ]
+    child = subprocess.run(command, env=_child_env(), stdout=subprocess.PIPE, text=True)
+    if child.returncode != 0:
+        raise SystemExit(f"train failed with exit code {child.returncode}")
+    return child.stdout
 
-    config = with_overrides(
-        PipelineConfig(),
-        {"training.normal_until": normal_until, "model.epochs": epochs, "model.patience": 1, "model.batch_size": 256},
-    )
-    return runner.train_job([train_file], config, model_name, tracking_uri)
+
+def _child_env() -> dict[str, str]:
+    """This environment, with this worktree's package first on the path."""
+    worktree = Path(__file__).resolve().parents[2]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(worktree), os.environ.get("PYTHONPATH")]))}
 
 
 def run_score(input_file: Path, out_dir: Path, tracking_uri: str, model_name: str, log_file: Path) -> dict:
     """Run ``python -m pipeline score`` as a child; its wall time (s) and peak RSS (MB)."""
-    worktree = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(worktree), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "pipeline", "score", "--input", str(input_file), "--out", str(out_dir),
-               "--tracking-uri", tracking_uri, "--model-name", model_name]  # fmt: skip
+    env = _child_env()
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "score",
+        "--input",
+        str(input_file),
+        "--out",
+        str(out_dir),
+        "--tracking-uri",
+        tracking_uri,
+        "--model-name",
+        model_name,
+    ]
     usage_file = log_file.with_suffix(".time")
     wrapped = [TIME_BINARY, "-o", str(usage_file), "-f", "%e %M"] + command if Path(TIME_BINARY).exists() else command
     log.info("running: %s", " ".join(command))
@@ -103,7 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=5_000_000, help="rows of the scored file (default: 5,000,000)")
     parser.add_argument("--work", required=True, type=Path, help="working folder (data, MLflow store, reports)")
-    parser.add_argument("--normal-rows", type=int, default=172_800, help="fault-free leading rows used for training (default: two days)")
+    parser.add_argument(
+        "--normal-rows", type=int, default=172_800, help="fault-free leading rows used for training (default: two days)"
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--model-name", default="throughput-benchmark")
     parser.add_argument("--fresh", action="store_true", help="regenerate data and retrain even if present")
@@ -129,14 +168,21 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(frame.iloc[:normal_rows], train_file)
         write_csv(frame, data_file)
         del frame
-        log.info("wrote %s (%d rows x %d sensors, %.0f MB) in %.1f s", data_file, args.rows, len(SENSORS), data_file.stat().st_size / 2**20, time.perf_counter() - started)
+        log.info(
+            "wrote %s (%d rows x %d sensors, %.0f MB) in %.1f s",
+            data_file,
+            args.rows,
+            len(SENSORS),
+            data_file.stat().st_size / 2**20,
+            time.perf_counter() - started,
+        )
 
     normal_until = str(START + pd.Timedelta(seconds=normal_rows))
-    if not (work / "trained.json").exists():
+    if not (work / THROUGHPUT_TRAINED).exists():
         started = time.perf_counter()
-        trained = train_model(train_file, normal_until, tracking_uri, args.model_name, args.epochs)
-        (work / "trained.json").write_text(json.dumps({"model_version": trained.model_version, "threshold": trained.threshold}))
-        log.info("trained %s version %s in %.1f s", args.model_name, trained.model_version, time.perf_counter() - started)
+        printed = train_model(train_file, normal_until, tracking_uri, args.model_name, args.epochs, work)
+        (work / THROUGHPUT_TRAINED).write_text(json.dumps({"train": printed.splitlines()[0] if printed else ""}))
+        log.info("%s in %.1f s", printed.splitlines()[0] if printed else "trained", time.perf_counter() - started)
 
     measured = run_score(data_file, work / "out", tracking_uri, args.model_name, work / "score.log")
     print(measured["stdout"], end="")
@@ -149,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(measured["command"]),
         "input_mb": round(data_file.stat().st_size / 2**20, 1),
     }
-    (work / "throughput.json").write_text(json.dumps(figures, indent=2))
-    log.info("score: %d rows in %.1f s (%.0f rows/s), peak RSS %.0f MB", args.rows, figures["seconds"], figures["rows_per_second"], figures["peak_rss_mb"])
+    (work / THROUGHPUT_JSON).write_text(json.dumps(figures, indent=2))
+    log.info(
+        "score: %d rows in %.1f s (%.0f rows/s), peak RSS %.0f MB",
+        args.rows,
+        figures["seconds"],
+        figures["rows_per_second"],
+        figures["peak_rss_mb"],
+    )
     print(json.dumps(figures, indent=2))
     return 0
 

@@ -36,7 +36,9 @@ def score_plot(
         codes, names = np.zeros(len(codes), dtype=np.int64), pd.Index([f"{len(names)} sources"])
         events = events.assign(source=names[0])
     # Naive UTC datetime64 rather than an object array of tz-aware Timestamps (millions of rows).
-    times = timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy() if timestamps.dt.tz is not None else timestamps.to_numpy()
+    times = (
+        timestamps.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy() if timestamps.dt.tz is not None else timestamps.to_numpy()
+    )
     fig, axes = plt.subplots(len(names), 1, figsize=(12, 2.6 * len(names) + 0.6), squeeze=False, sharey=True)
     for code, (ax, name) in enumerate(zip(axes[:, 0], names)):
         mask = codes == code
@@ -44,7 +46,12 @@ def score_plot(
         ax.plot(x, y, lw=0.7, color="tab:blue", label="score")
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         for _, event in events[events["source"] == name].iterrows():
-            ax.axvspan(pd.Timestamp(event["start"]).tz_localize(None), pd.Timestamp(event["end"]).tz_localize(None), color="tab:orange", alpha=0.3)
+            ax.axvspan(
+                pd.Timestamp(event["start"]).tz_localize(None),
+                pd.Timestamp(event["end"]).tz_localize(None),
+                color="tab:orange",
+                alpha=0.3,
+            )
         ax.set_title(name, fontsize=9, loc="left")
         ax.set_yscale("log")
         ax.legend(loc="upper left", fontsize=8)
@@ -98,9 +105,15 @@ def event_detail(detail, threshold: float, path: Path) -> Path:
     names = [detail.sensors[i] for i in order][::-1]
     bars.barh(names, detail.shares[order][::-1] * 100, color=["tab:red" if i in shown else "tab:gray" for i in order][::-1])
     bars.set_xlabel("share of the event's reconstruction error (%)")
-    bars.set_title(f"event {detail.event_id} in {detail.source}: peak score {detail.peak_score:.3g} (threshold {threshold:.3g})", fontsize=9, loc="left")
+    bars.set_title(
+        f"event {detail.event_id} in {detail.source}: peak score {detail.peak_score:.3g} (threshold {threshold:.3g})",
+        fontsize=9,
+        loc="left",
+    )
     bars.tick_params(axis="y", labelsize=8)
-    times = detail.timestamps.dt.tz_convert("UTC").dt.tz_localize(None) if detail.timestamps.dt.tz is not None else detail.timestamps
+    times = (
+        detail.timestamps.dt.tz_convert("UTC").dt.tz_localize(None) if detail.timestamps.dt.tz is not None else detail.timestamps
+    )
     times = times.to_numpy()
     marked = np.flatnonzero(detail.in_event)
     for row, i in enumerate(shown):

@@ -1,12 +1,7 @@
-"""Report: per-row scores -> events -> the ``scores.csv`` and ``anomalies.csv`` tables.
+"""The report tables: per-row scores and events -> the ``scores.csv`` and ``anomalies.csv`` tables.
 
-Event policy (``events`` config):
-1. a row exceeds when its score is above the threshold;
-2. runs of exceeding rows shorter than ``min_event_rows`` are dropped (one-row blips);
-3. kept runs at most ``merge_gap_rows`` rows apart are merged into one event (the rows between
-   become part of it).
-Events never cross a gap in time (the ``groups`` passed in); the runner treats the files of one
-call as consecutive pieces of one stream, so an event may run on from one file into the next.
+Events themselves are decided in ``pipeline.detector.events``; this module only lays them out.
+Times are written by the one UTC formatter (``pipeline.utc``).
 """
 
 from __future__ import annotations
@@ -16,49 +11,26 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from pipeline.config import EventsConfig
-from pipeline.ingest import IngestResult
-from pipeline.score import RowScores
+from pipeline.data.ingest import IngestResult
+from pipeline.detector.events import EventStats
+from pipeline.detector.scoring import RowScores
+from pipeline.utc import format_utc, iso_ns, utc_ns
 
 EVENT_COLUMNS = [
-    "event_id", "source", "start", "end", "n_rows", "peak_score", "mean_score",
-    "threshold", "top_sensors", "model_version", "run_id",
-]  # fmt: skip
+    "event_id",
+    "source",
+    "start",
+    "end",
+    "n_rows",
+    "peak_score",
+    "mean_score",
+    "threshold",
+    "top_sensors",
+    "model_version",
+    "run_id",
+]
 TOP_SENSORS = 3
-
-
-def assign_events(score: np.ndarray, threshold: float, groups: np.ndarray, config: EventsConfig) -> np.ndarray:
-    """Event number per row (1, 2, ...; 0 = not flagged).
-
-    Args:
-        score: per-row scores in time order, NaN where unscored; shape (n_rows,).
-        groups: per-row key; an event never spans two keys (source and segment).
-    """
-    n = score.size
-    exceeds = np.nan_to_num(score, nan=-np.inf) > threshold
-    new_group = np.concatenate([[True], groups[1:] != groups[:-1]]) if n else np.zeros(0, bool)
-    previous = np.concatenate([[False], exceeds[:-1]])
-    following = np.concatenate([exceeds[1:], [False]])
-    next_new_group = np.concatenate([new_group[1:], [True]])
-    starts = np.flatnonzero(exceeds & (~previous | new_group))
-    ends = np.flatnonzero(exceeds & (~following | next_new_group))
-    keep = ends - starts + 1 >= config.min_event_rows
-    starts, ends = starts[keep], ends[keep]
-    event = np.zeros(n, dtype=np.int64)
-    number = 0
-    last_end = -1
-    for start, end in zip(starts, ends):
-        mergeable = number and start - last_end - 1 <= config.merge_gap_rows and groups[start] == groups[last_end]
-        if not mergeable:
-            number += 1
-            start_fill = start
-        else:
-            start_fill = last_end + 1
-        event[start_fill : end + 1] = number
-        last_end = end
-    return event
 
 
 def top_sensors(shares: np.ndarray, sensors: list[str], k: int = TOP_SENSORS) -> str:
@@ -106,35 +78,11 @@ def summarise_events(
     summary["model_version"] = model_version
     summary["run_id"] = run_id
     for column in ("start", "end"):
-        summary[column] = pd.to_datetime(summary[column], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ").str.replace(r"\.000000Z$", "Z", regex=True)
+        summary[column] = format_utc(utc_ns(summary[column])).to_numpy(zero_copy_only=False)
     return summary[EVENT_COLUMNS]
 
 
 SCORES_BATCH_ROWS = 500_000  # rows per record batch of scores.csv (bounds the text held at once)
-
-
-def format_utc(timestamps: pd.Series) -> pa.Array:
-    """UTC timestamps as ISO 8601 text ('2026-01-31T12:00:00Z'), quickly, for millions of rows."""
-    nanoseconds = _utc_nanoseconds(timestamps)
-    return _format_nanoseconds(nanoseconds, _text_unit(nanoseconds))
-
-
-def _utc_nanoseconds(timestamps: pd.Series) -> np.ndarray:
-    """Nanoseconds since the epoch (UTC) of a tz-aware or naive-UTC series, a view where possible."""
-    return timestamps.dt.as_unit("ns").array.asi8
-
-
-def _text_unit(nanoseconds: np.ndarray) -> str:
-    """The coarsest of 's', 'ms', 'us' that shows every timestamp exactly (once for a whole table)."""
-    for unit, step in (("s", 1_000_000_000), ("ms", 1_000_000)):
-        if not np.any(nanoseconds % step):
-            return unit
-    return "us"
-
-
-def _format_nanoseconds(nanoseconds: np.ndarray, unit: str) -> pa.Array:
-    array = pa.array(nanoseconds, pa.int64()).cast(pa.timestamp("ns", tz="UTC"))
-    return pc.strftime(array.cast(pa.timestamp(unit, tz="UTC"), safe=False), format="%Y-%m-%dT%H:%M:%SZ")
 
 
 def scores_table(
@@ -157,9 +105,13 @@ def scores_table(
 def scores_schema(sensors: list[str]) -> pa.Schema:
     """Column names and types of the ``scores.csv`` table."""
     fields = [
-        ("source", pa.string()), ("timestamp", pa.string()), ("score", pa.float32()), ("threshold", pa.float64()),
-        ("anomaly", pa.int8()), ("event_id", pa.int64()),
-    ]  # fmt: skip
+        ("source", pa.string()),
+        ("timestamp", pa.string()),
+        ("score", pa.float32()),
+        ("threshold", pa.float64()),
+        ("anomaly", pa.int8()),
+        ("event_id", pa.int64()),
+    ]
     fields += [(f"contrib_{sensor}", pa.float32()) for sensor in sensors]
     return pa.schema(fields + [("status", pa.string())])
 
@@ -187,7 +139,9 @@ def scores_batches(
     source_code = np.concatenate(
         [
             np.asarray([index[str(n)] for n in clean_names], dtype=np.int64)[clean_codes] if n_clean else np.zeros(0, np.int64),
-            np.asarray([index[str(n)] for n in rejected_names], dtype=np.int64)[rejected_codes] if n_rejected else np.zeros(0, np.int64),
+            np.asarray([index[str(n)] for n in rejected_names], dtype=np.int64)[rejected_codes]
+            if n_rejected
+            else np.zeros(0, np.int64),
         ]
     )
     given = {name: i for i, name in enumerate(source_order)}
@@ -198,8 +152,7 @@ def scores_batches(
     del key, row
     names_array = pa.array(names, pa.string())
 
-    nanoseconds = _utc_nanoseconds(table["timestamp"])
-    unit = _text_unit(nanoseconds)
+    nanoseconds = utc_ns(table["timestamp"])
     rejected_time = pa.array(rejected["timestamp"].astype(str).to_numpy(), pa.string())
     rejected_status = pa.array(rejected["status"].to_numpy(dtype=object), pa.string())
     n_sensors = len(result.sensors)
@@ -217,7 +170,7 @@ def scores_batches(
             score[:] = rows.score[at]
             contributions[:] = rows.contributions[at]
             event_id[:] = event[at]
-            timestamps = _format_nanoseconds(nanoseconds[at], unit)
+            timestamps = format_utc(nanoseconds[at])
             status = pa.nulls(m, pa.string())
         else:
             at = pick[clean]
@@ -230,8 +183,10 @@ def scores_batches(
             position[clean] = np.arange(m - n_set_aside)
             position[~clean] = np.arange(m - n_set_aside, m)
             position = pa.array(position)
-            timestamps = pa.concat_arrays([_format_nanoseconds(nanoseconds[at], unit), rejected_time.take(pa.array(aside))]).take(position)
-            status = pa.concat_arrays([pa.nulls(m - n_set_aside, pa.string()), rejected_status.take(pa.array(aside))]).take(position)
+            timestamps = pa.concat_arrays([format_utc(nanoseconds[at]), rejected_time.take(pa.array(aside))]).take(position)
+            status = pa.concat_arrays([pa.nulls(m - n_set_aside, pa.string()), rejected_status.take(pa.array(aside))]).take(
+                position
+            )
         flagged = event_id > 0
         columns = [
             names_array.take(pa.array(source_code[pick])),
@@ -243,3 +198,33 @@ def scores_batches(
         ]
         columns += [pa.array(contributions[:, i], from_pandas=True) for i in range(n_sensors)]
         yield pa.RecordBatch.from_arrays(columns + [status], schema=schema)
+
+
+def events_frame(
+    stats: list[EventStats],
+    sensors: list[str],
+    threshold: float,
+    model_version: str,
+    run_id: str,
+) -> pd.DataFrame:
+    """``anomalies.csv`` rows (``report.EVENT_COLUMNS``) of events' running figures."""
+    from pipeline.reports.tables import EVENT_COLUMNS
+
+    rows = []
+    for s in sorted(stats, key=lambda e: e.event_id):
+        rows.append(
+            {
+                "event_id": s.event_id,
+                "source": s.source,
+                "start": iso_ns(s.start_ns),
+                "end": iso_ns(s.end_ns),
+                "n_rows": s.n_rows,
+                "peak_score": s.peak_score,
+                "mean_score": s.score_sum / s.n_rows,
+                "threshold": threshold,
+                "top_sensors": top_sensors(np.asarray(s.share_sum) / s.n_rows, sensors),
+                "model_version": model_version,
+                "run_id": run_id,
+            }
+        )
+    return pd.DataFrame(rows, columns=EVENT_COLUMNS)

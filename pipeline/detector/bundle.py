@@ -1,7 +1,7 @@
 """The model bundle: the Keras model plus everything learned at fit time, as JSON (never pickle).
 
 On disk, a bundle is a folder with ``model.keras`` and ``bundle.json``. For scoring, the model
-is loaded as its NumPy twin (``pipeline.inference``), which gives the same reconstructions
+is loaded as its NumPy twin (``pipeline.model.numpy_twin``), which gives the same reconstructions
 without importing TensorFlow (about 0.7 GB less memory and seconds less start-up); a model with
 layers the twin does not know is loaded with Keras instead.
 """
@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.calibrate import Threshold
 from pipeline.config import PipelineConfig
+from pipeline.detector.threshold import Threshold
+from pipeline.detector.window_error import Reconstructor
 from pipeline.errors import InputError
-from pipeline.features import Scaler
-from pipeline.score import Reconstructor
+from pipeline.features.scaler import Scaler
+from pipeline.store.names import BUNDLE_FILE, MODEL_FILE
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,6 @@ BUNDLE_FORMAT = 1
 # Scoring settings added after bundles were first written, with the value those bundles were
 # calibrated under: an older bundle keeps scoring as it did, whatever the new defaults are.
 SCORING_BEFORE_SETTING = {"combine": "mean", "offset_weight": 0.0}
-MODEL_FILE = "model.keras"
-BUNDLE_FILE = "bundle.json"
 
 
 @dataclass
@@ -85,7 +84,7 @@ class ModelBundle:
 def load_model(path: Path, keras_model: bool = False) -> Reconstructor:
     """The NumPy twin of a saved model, or the Keras model itself when asked or when needed."""
     if not keras_model:
-        from pipeline.inference import NumpyAutoencoder, UnsupportedModel
+        from pipeline.model.numpy_twin import NumpyAutoencoder, UnsupportedModel
 
         try:
             return NumpyAutoencoder.from_keras_file(path)

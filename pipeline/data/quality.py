@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.ingest import IngestResult, missing_runs
+from pipeline.data.ingest import IngestResult, missing_runs
 
 
 def sampling_interval_seconds(timestamps: pd.Series) -> float:

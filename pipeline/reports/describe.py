@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline.calibrate import Threshold
+from pipeline.detector.threshold import Threshold
 
 TOP_EVENTS = 5
 
@@ -41,7 +41,9 @@ def _quality(quality: dict[str, Any]) -> str:
     if quality.get("quarantine_reasons"):
         text += " (" + ", ".join(f"{k}: {v}" for k, v in quality["quarantine_reasons"].items()) + ")"
     if time:
-        text += f"; {time.get('start', '?')} to {time.get('end', '?')}, one row every {time.get('sampling_interval_seconds', 0):g} s"
+        text += (
+            f"; {time.get('start', '?')} to {time.get('end', '?')}, one row every {time.get('sampling_interval_seconds', 0):g} s"
+        )
         text += f", {time.get('gaps_beyond_interval', 0)} gap(s)"
     flat = [name for name, s in quality.get("sensors", {}).items() if s.get("flatlined") or s.get("constant")]
     if flat:
@@ -55,7 +57,10 @@ def _events_table(events: pd.DataFrame, n: int = TOP_EVENTS) -> str:
     top = events.sort_values("peak_score", ascending=False, kind="stable").head(n)
     lines = ["| event | source | start | end | rows | peak score | top sensors |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for _, e in top.iterrows():
-        lines.append(f"| {e['event_id']} | {e['source']} | {e['start']} | {e['end']} | {e['n_rows']} | {e['peak_score']:.4g} | {e['top_sensors']} |")
+        lines.append(
+            f"| {e['event_id']} | {e['source']} | {e['start']} | {e['end']} | {e['n_rows']} "
+            f"| {e['peak_score']:.4g} | {e['top_sensors']} |"
+        )
     more = f"\n\n{len(events) - n} more in `anomalies.csv`." if len(events) > n else ""
     return "\n".join(lines) + more
 
@@ -80,26 +85,29 @@ def training_description(
     """The description of a training run."""
     stats = threshold.error_stats
     params = ", ".join(f"{k}={v:g}" for k, v in threshold.params.items())
+    stat_cells = " | ".join(f"{stats.get(key, 0):.4g}" for key in ("mean", "std", "p50", "p95", "p99", "max"))
     losses = ", ".join(f"{key} {series[best_epoch - 1]:.4g}" for key, series in history.items() if len(series) >= best_epoch)
     return f"""### Training: `{model_name}` version {version} (`@{alias}`)
 
-**Threshold {threshold.value:.5g}** ({threshold.method}, {params}; held-out normal error p50 {stats.get('p50', 0):.4g},
-p99 {stats.get('p99', 0):.4g}); {len(events)} event(s) when the training input is scored.
+**Threshold {threshold.value:.5g}** ({threshold.method}, {params}; held-out normal error p50 {stats.get("p50", 0):.4g},
+p99 {stats.get("p99", 0):.4g}); {len(events)} event(s) when the training input is scored.
 
 **Data**: {_sources(sources)} (sha256 `{input_digest[:12]}`).
 {_quality(quality)}.
 
-**Normal period**: {_normal_period(normal_until, label_column)}: {rows.get('normal_rows', 0):,} rows, windows of {window_size} rows:
-{rows.get('train_windows', 0):,} for training, {rows.get('validation_windows', 0):,} for early stopping, {rows.get('calibration_windows', 0):,} held out for the threshold.
+**Normal period**: {_normal_period(normal_until, label_column)}: {rows.get("normal_rows", 0):,} rows,
+windows of {window_size} rows: {rows.get("train_windows", 0):,} for training,
+{rows.get("validation_windows", 0):,} for early stopping, {rows.get("calibration_windows", 0):,} held out for the threshold.
 {_centred(centred)}
 
 **Model**: best epoch {best_epoch} of {len(next(iter(history.values()), []))} ({losses}); curves in `plots/training_curves.png`.
 
-**Threshold**: **{threshold.value:.5g}**, method `{threshold.method}` ({params}) on {threshold.n_windows:,} held-out normal windows.
+**Threshold**: **{threshold.value:.5g}**, method `{threshold.method}` ({params})
+on {threshold.n_windows:,} held-out normal windows.
 
 | held-out error | mean | std | p50 | p95 | p99 | max |
 | --- | --- | --- | --- | --- | --- | --- |
-| | {stats.get('mean', 0):.4g} | {stats.get('std', 0):.4g} | {stats.get('p50', 0):.4g} | {stats.get('p95', 0):.4g} | {stats.get('p99', 0):.4g} | {stats.get('max', 0):.4g} |
+| | {stat_cells} |
 
 Histogram with the threshold: `plots/holdout_errors.png`.
 
@@ -139,12 +147,14 @@ Report: `anomalies.csv`; score over time: `scores.png`; per-event plots: `plots/
 
 def promotion_description(model_name: str, decision: dict[str, Any]) -> str:
     """The description of a promotion run."""
-    figures = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in decision["figures"].items())
-    return f"""### Promotion of `{model_name}` version {decision['challenger']} (champion: {decision['champion'] or 'none'})
+    figures = "\n".join(
+        f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in decision["figures"].items()
+    )
+    return f"""### Promotion of `{model_name}` version {decision["challenger"]} (champion: {decision["champion"] or "none"})
 
-**Decision: {decision['decision']}**. {decision['reason']}
+**Decision: {decision["decision"]}**. {decision["reason"]}
 
-Gate: `{decision['gate']}`.
+Gate: `{decision["gate"]}`.
 
 | figure | value |
 | --- | --- |
@@ -155,4 +165,5 @@ Gate: `{decision['gate']}`.
 def _centred(centred: list[str] | None) -> str:
     if not centred:
         return "Every sensor is judged by its level and shape."
-    return f"Judged by shape only (their level wandered during training, so each window is centred on its own mean): {', '.join(centred)}."
+    why = "their level wandered during training, so each window is centred on its own mean"
+    return f"Judged by shape only ({why}): {', '.join(centred)}."

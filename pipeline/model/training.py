@@ -10,8 +10,8 @@ import keras
 import numpy as np
 
 from pipeline.config import ModelConfig
-from pipeline.features import gather_windows
-from pipeline.model import build_autoencoder
+from pipeline.features.windows import gather_windows
+from pipeline.model.autoencoder import build_autoencoder
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,9 @@ class _EpochLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        log.info("epoch %d: loss %.5f, val_loss %.5f", epoch + 1, logs.get("loss", float("nan")), logs.get("val_loss", float("nan")))
+        log.info(
+            "epoch %d: loss %.5f, val_loss %.5f", epoch + 1, logs.get("loss", float("nan")), logs.get("val_loss", float("nan"))
+        )
 
 
 @dataclass
@@ -93,7 +95,13 @@ def train_autoencoder(
     """
     model = build_autoencoder(config, window_size, values.shape[1])
     train = WindowBatches(
-        values, train_starts, window_size, config.batch_size, shuffle_seed=config.seed, input_noise=config.input_noise, centred=centred
+        values,
+        train_starts,
+        window_size,
+        config.batch_size,
+        shuffle_seed=config.seed,
+        input_noise=config.input_noise,
+        centred=centred,
     )
     validation = WindowBatches(values, validation_starts, window_size, config.batch_size, centred=centred)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)

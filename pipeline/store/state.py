@@ -22,89 +22,21 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import signal
-import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import InputError
+from pipeline.store.atomic import fsync_dir, remove_temporary_files, write_bytes
+from pipeline.store.names import PARTIAL_PREFIX, QUARANTINE_FILE, RUN_FOLDER, STATE_FILE
+from pipeline.utc import iso_ns
+
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
-LOCK_FILE = "run.lock"
-QUARANTINE_FILE = "quarantine.csv"
 STATE_FORMAT = 1
-RUN_FOLDER = re.compile(r"^\d{8}T\d{6}Z_[0-9a-f]+$")
-PARTIAL_PREFIX = ".partial-"
-# Test-only: SIGKILL this process at a named checkpoint (see ``checkpoint``).
-CRASH_ENV = "PIPELINE_TEST_CRASH_AT"
-PAUSE_ENV = (
-    "PIPELINE_TEST_PAUSE_AT"  # "name:seconds": sleep at a checkpoint (lock tests)
-)
-
-
-def checkpoint(name: str) -> None:
-    """Test hook: ``PIPELINE_TEST_CRASH_AT=name`` kills the process here with SIGKILL (as the OOM
-    killer or a power cut would), ``PIPELINE_TEST_PAUSE_AT=name:seconds`` sleeps here."""
-    if os.environ.get(CRASH_ENV) == name:
-        log.warning("test crash point %s: killing this process", name)
-        os.kill(os.getpid(), signal.SIGKILL)
-    pause = os.environ.get(PAUSE_ENV, "")
-    if pause.partition(":")[0] == name:
-        time.sleep(float(pause.partition(":")[2] or 1))
-
-
-# ---------------------------------------------------------------- atomic files
-
-
-def write_bytes_atomic(data: bytes, path: Path, before_rename: str | None = None) -> Path:
-    """Write through a temporary file in the same folder: flush, fsync, rename, fsync the folder.
-
-    ``before_rename`` names a test checkpoint between the complete temporary file and the rename.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    tmp = Path(handle.name)
-    try:
-        with handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if before_rename:
-            checkpoint(before_rename)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def remove_temporary_files(folder: Path) -> int:
-    """Delete the ``.<name>.*.tmp`` files a killed writer left in ``folder``; returns how many."""
-    removed = 0
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
 
 
 # ---------------------------------------------------------------- state
@@ -143,9 +75,7 @@ class RunState:
         return {
             "format": STATE_FORMAT,
             "files": {name: rec.__dict__ for name, rec in self.files.items()},
-            "quarantined": {
-                name: rec.__dict__ for name, rec in self.quarantined.items()
-            },
+            "quarantined": {name: rec.__dict__ for name, rec in self.quarantined.items()},
             "carry": self.carry,
             "runs": self.runs,
             "unmerged": self.unmerged,
@@ -154,75 +84,87 @@ class RunState:
 
 def load_state(state_dir: Path, clean: bool = True) -> RunState:
     """Read ``state.json`` (an empty state when there is none); ``clean`` also clears leftover
-    temporary files (only under the lock)."""
+    temporary files (only under the lock).
+
+    Raises:
+        InputError: ``state.json`` is not a state this version wrote (corrupt or hand-edited);
+            nothing is changed.
+    """
+    path = state_dir / STATE_FILE
+    state = _parse_state(path) if path.exists() else RunState()
     removed = remove_temporary_files(state_dir) if clean else 0
     if removed:
-        log.warning(
-            "removed %d temporary file(s) an interrupted run left in %s",
-            removed,
-            state_dir,
+        log.warning("removed %d temporary file(s) an interrupted run left in %s", removed, state_dir)
+    return state
+
+
+def _parse_state(path: Path) -> RunState:
+    hint = "restore it, or move --state and --out aside together to start the stream afresh"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: not readable as JSON ({exc}); {hint}") from None
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise InputError(f"{path}: state format {found!r}, this version reads {STATE_FORMAT}; {hint}")
+    try:
+        state = RunState(
+            files={str(name): FileRecord(**rec) for name, rec in data["files"].items()},
+            quarantined={str(name): Quarantined(**rec) for name, rec in data["quarantined"].items()},
+            carry=data["carry"],
+            runs=[str(run) for run in data["runs"]],
+            unmerged=[str(run) for run in data.get("unmerged", [])],
         )
-    path = state_dir / STATE_FILE
-    if not path.exists():
-        return RunState()
-    data = json.loads(path.read_text())
-    if data.get("format") != STATE_FORMAT:
-        raise ValueError(
-            f"{path}: state format {data.get('format')!r}, this version reads {STATE_FORMAT}"
-        )
-    return RunState(
-        files={name: FileRecord(**rec) for name, rec in data["files"].items()},
-        quarantined={
-            name: Quarantined(**rec) for name, rec in data["quarantined"].items()
-        },
-        carry=data["carry"],
-        runs=list(data["runs"]),
-        unmerged=list(data.get("unmerged", [])),
-    )
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(f"{path}: not a valid state ({type(exc).__name__}: {exc}); {hint}") from None
+    if state.carry is not None and not isinstance(state.carry, dict):
+        raise InputError(f"{path}: not a valid state ('carry' is {type(state.carry).__name__}); {hint}")
+    return state
 
 
 def save_state(state: RunState, state_dir: Path) -> None:
     """Commit the state atomically, then refresh the readable quarantine list."""
-    write_bytes_atomic(json.dumps(state.to_dict(), indent=1).encode(), state_dir / STATE_FILE, before_rename="mid_state")
+    write_bytes(json.dumps(state.to_dict(), indent=1).encode(), state_dir / STATE_FILE, before_rename="mid_state")
     lines = ["file,digest,quarantined_at,run,reason"]
     for name, rec in sorted(state.quarantined.items()):
-        lines.append(
-            ",".join(
-                _csv_field(v) for v in (name, rec.digest, rec.at, rec.run, rec.reason)
-            )
-        )
-    write_bytes_atomic(("\n".join(lines) + "\n").encode(), state_dir / QUARANTINE_FILE)
+        lines.append(",".join(_csv_field(v) for v in (name, rec.digest, rec.at, rec.run, rec.reason)))
+    write_bytes(("\n".join(lines) + "\n").encode(), state_dir / QUARANTINE_FILE)
 
 
 def _csv_field(value: str) -> str:
-    return (
-        '"' + value.replace('"', '""') + '"'
-        if any(c in value for c in ',"\n')
-        else value
-    )
+    return '"' + value.replace('"', '""') + '"' if any(c in value for c in ',"\n') else value
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    """This second, as the reports write UTC times."""
+    return iso_ns(time.time_ns() // 1_000_000_000 * 1_000_000_000)
 
 
 # ---------------------------------------------------------------- what to process
 
 
+class Kind(StrEnum):
+    """What a run does with a file of the input folder."""
+
+    NEW = "new"  # processed whole
+    APPENDED = "appended"  # grew by rows after the processed ones: only those are processed
+    PROCESSED = "processed"  # this content was processed, under this or another name: skipped
+    QUARANTINED = "quarantined"  # this content was quarantined before: not retried
+    CHANGED = "changed"  # processed, then changed other than by appending: quarantined
+
+    @property
+    def to_process(self) -> bool:
+        return self in (Kind.NEW, Kind.APPENDED)
+
+
 @dataclass
 class Candidate:
-    """A file of the input folder and what this run does with it.
-
-    ``kind``: ``new``; ``appended`` (grew by rows after the processed ones: only rows from
-    ``skip_rows`` on are new); ``processed`` (this content was processed, under this or another
-    name); ``quarantined`` (this content was quarantined before: not retried); ``changed`` (a
-    processed file whose content changed other than by appending: quarantined, since its rows
-    were already reported).
-    """
+    """A file of the input folder and what this run does with it (``Kind``); an appended
+    file's new rows start at ``skip_rows``."""
 
     name: str
     path: Path
-    kind: str
+    kind: Kind
     digest: str
     size: int
     skip_rows: int = 0
@@ -246,7 +188,7 @@ def classify(files: list[tuple[str, Path]], state: RunState) -> list[Candidate]:
                 Candidate(
                     name,
                     path,
-                    "processed",
+                    Kind.PROCESSED,
                     digest,
                     size,
                     note="" if same == name else f"same content as {same}",
@@ -255,14 +197,10 @@ def classify(files: list[tuple[str, Path]], state: RunState) -> list[Candidate]:
             continue
         quarantined = state.quarantined.get(name)
         if quarantined is not None and quarantined.digest == digest:
-            out.append(
-                Candidate(
-                    name, path, "quarantined", digest, size, note=quarantined.reason
-                )
-            )
+            out.append(Candidate(name, path, Kind.QUARANTINED, digest, size, note=quarantined.reason))
             continue
         if record is None:
-            out.append(Candidate(name, path, "new", digest, size))
+            out.append(Candidate(name, path, Kind.NEW, digest, size))
         elif (
             path.suffix.lower() in APPENDABLE_SUFFIXES
             and size > record.bytes
@@ -273,7 +211,7 @@ def classify(files: list[tuple[str, Path]], state: RunState) -> list[Candidate]:
                 Candidate(
                     name,
                     path,
-                    "appended",
+                    Kind.APPENDED,
                     digest,
                     size,
                     skip_rows=record.rows,
@@ -285,21 +223,20 @@ def classify(files: list[tuple[str, Path]], state: RunState) -> list[Candidate]:
                 Candidate(
                     name,
                     path,
-                    "changed",
+                    Kind.CHANGED,
                     digest,
                     size,
                     note=(
                         f"content changed after {record.rows} rows were processed in run {record.run}, and not by "
-                        "appending rows; its rows were already reported, so it is not processed again (give new data a new file name)"
+                        "appending rows; its rows were already reported, so it is not processed again "
+                        "(give new data a new file name)"
                     ),
                 )
             )
     return out
 
 
-def _digests(
-    path: Path, prefix_len: int | None
-) -> tuple[str, int, str | None, bytes | None]:
+def _digests(path: Path, prefix_len: int | None) -> tuple[str, int, str | None, bytes | None]:
     """sha256 of the file, its size, and sha256 of its first ``prefix_len`` bytes and the last
     byte of that prefix (to tell an append from an edit) in the same pass."""
     sha = hashlib.sha256()
@@ -309,11 +246,7 @@ def _digests(
     with path.open("rb") as handle:
         while True:
             chunk = handle.read(1 << 20)
-            if (
-                prefix_len is not None
-                and prefix_digest is None
-                and done + len(chunk) >= prefix_len
-            ):
+            if prefix_len is not None and prefix_digest is None and done + len(chunk) >= prefix_len:
                 cut = prefix_len - done
                 sha.update(chunk[:cut])
                 prefix_digest = sha.hexdigest()
@@ -330,10 +263,6 @@ def _digests(
 # ---------------------------------------------------------------- run folders
 
 
-def run_folder_name(run_id: str) -> str:
-    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}_{run_id}"
-
-
 def recover_outputs(out_dir: Path, committed: list[str]) -> list[str]:
     """Remove what killed runs left under ``out_dir``: temporary files, partial run folders and
     run folders the state never committed. Returns the names removed."""
@@ -344,8 +273,7 @@ def recover_outputs(out_dir: Path, committed: list[str]) -> list[str]:
     known = set(committed)
     for child in out_dir.iterdir():
         if child.is_dir() and (
-            child.name.startswith(PARTIAL_PREFIX)
-            or (RUN_FOLDER.match(child.name) and child.name not in known)
+            child.name.startswith(PARTIAL_PREFIX) or (RUN_FOLDER.match(child.name) and child.name not in known)
         ):
             shutil.rmtree(child)
             removed.append(child.name)

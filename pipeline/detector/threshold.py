@@ -72,7 +72,9 @@ def calibrate_threshold(errors: np.ndarray, config: ThresholdConfig) -> Threshol
     if config.margin != 1.0:  # a safety factor for normal data drifting beyond the held-out part
         params = {**params, "margin": config.margin, "before_margin": value}
         value *= config.margin
-    return Threshold(value=value, method=config.method, params=params, n_windows=int(errors.size), error_stats=error_stats(errors))
+    return Threshold(
+        value=value, method=config.method, params=params, n_windows=int(errors.size), error_stats=error_stats(errors)
+    )
 
 
 MIN_EXCESSES = 5  # fewer peaks than this cannot carry a tail fit
@@ -124,5 +126,12 @@ def pot_threshold(errors: np.ndarray, risk: float, level: float) -> tuple[float,
         value = start - sigma * math.log(ratio)
     else:
         value = start + sigma / gamma * (ratio**-gamma - 1)
-    params = {"risk": risk, "pot_level": level, "initial_threshold": start, "gpd_shape": gamma, "gpd_scale": sigma, "n_peaks": float(excesses.size)}
+    params = {
+        "risk": risk,
+        "pot_level": level,
+        "initial_threshold": start,
+        "gpd_shape": gamma,
+        "gpd_scale": sigma,
+        "n_peaks": float(excesses.size),
+    }
     return float(value), params

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipeline.bundle import ModelBundle
-from pipeline.features import gather_windows
-from pipeline.score import RowScores
+from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.scoring import RowScores
+from pipeline.features.windows import gather_windows
 
 TOP_EVENTS = 3
 

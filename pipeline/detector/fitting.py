@@ -1,0 +1,187 @@
+"""Fitting: the normal rows of a validated table -> a model bundle (scaler, autoencoder, error
+normalisation, threshold) and a report of how it was fitted.
+
+Normal rows are split in time order: the first part trains (its last ``validation_fraction``
+drives early stopping), the last ``holdout_fraction`` calibrates. Training windows lie wholly in
+the training part; early-stopping and calibration windows end in their own part and may reach
+back into earlier rows as context (as a scored row's window does), so a few hundred normal rows
+suffice even for long windows. The calibration windows are scored exactly as new data is
+(``pipeline.detector.window_error``) and the threshold is fitted on those scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import PipelineConfig
+from pipeline.data.ingest import IngestResult
+from pipeline.data.quality import sampling_interval_seconds
+from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.threshold import calibrate_threshold
+from pipeline.detector.window_error import (
+    ErrorNormaliser,
+    ErrorRule,
+    fit_drift_rate,
+    fit_error_scale,
+    predicted_energy,
+    smooth_trailing,
+    window_scores,
+)
+from pipeline.errors import InputError
+from pipeline.features.scaler import fit_scaler, wandering_sensors
+from pipeline.features.windows import segment_ids, window_starts
+from pipeline.utc import utc_ns
+
+log = logging.getLogger(__name__)
+
+TRAIN, VALIDATION, CALIBRATION = 0, 1, 2  # the parts of the normal rows, in time order
+
+
+@dataclass
+class FitReport:
+    history: dict[str, list[float]]
+    best_epoch: int
+    holdout_errors: np.ndarray  # the calibration windows' scores, (n_windows,)
+    rows: dict[str, int]  # normal rows and windows per part
+
+
+def normal_mask(table: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
+    """Rows that training may use: before ``normal_until`` and/or labelled 0; all rows if neither is set."""
+    mask = np.ones(len(table), dtype=bool)
+    if config.training.normal_until:
+        try:
+            until = pd.Timestamp(config.training.normal_until)
+        except ValueError:
+            raise InputError(f"--normal-until: cannot parse '{config.training.normal_until}' as a timestamp") from None
+        until = until.tz_localize(config.ingest.source_timezone) if until.tzinfo is None else until
+        mask &= (table["timestamp"] < until.tz_convert("UTC")).to_numpy()
+    if config.ingest.label_column:
+        mask &= (table["label"] == 0).to_numpy()
+    return mask
+
+
+def rows_needed(config: PipelineConfig) -> int:
+    """The fewest normal rows that give every part at least one window."""
+    training, window = config.training, config.features.window_size
+    fit_share = (1 - training.holdout_fraction) * (1 - training.validation_fraction)
+    smallest_part = min(training.holdout_fraction, (1 - training.holdout_fraction) * training.validation_fraction)
+    return max(int(np.ceil(window / fit_share)), int(np.ceil(1 / smallest_part)))
+
+
+def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundle, FitReport]:
+    """Fit scaler, autoencoder, error normalisation and threshold on the normal rows of a table.
+
+    Raises:
+        InputError: too few normal rows, or no window in one of the parts.
+    """
+    table = result.table
+    window = config.features.window_size
+    normal = normal_mask(table, config)
+    n_normal = int(normal.sum())
+    needed = rows_needed(config)
+    if n_normal < needed:
+        raise InputError(
+            f"{', '.join(sorted(table['source'].unique()))}: {n_normal} normal rows, need at least {needed} "
+            f"for window_size={window} (fewer rows than the windows need; lower features.window_size or give more normal data)"
+        )
+    interval = sampling_interval_seconds(table["timestamp"][normal])
+    max_gap = config.features.max_gap_seconds or window * interval
+
+    part = _parts(n_normal, config)
+    # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
+    segment = segment_ids(table["timestamp"], max_gap)
+    changes = (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)
+    stretch = np.cumsum(np.concatenate([[0], changes]))[normal]
+
+    raw = table[result.sensors].to_numpy(dtype=np.float64)[normal]
+    scaler = fit_scaler(raw[part < CALIBRATION], result.sensors)
+    values = scaler.transform(raw)
+    wandering = wandering_sensors(values[part == TRAIN], result.sensors, config.features.wander_ratio)
+    if wandering:
+        log.info("judged by shape, not level (they wander in training): %s", ", ".join(wandering))
+        scaler = replace(scaler, centred=wandering)
+    stride = config.features.stride
+    train_starts = part_starts(stretch, part, TRAIN, window, stride)
+    val_starts = part_starts(stretch, part, VALIDATION, window, stride)
+    holdout_starts = part_starts(stretch, part, CALIBRATION, window, 1)
+    for name, starts in (("training", train_starts), ("validation", val_starts), ("calibration", holdout_starts)):
+        if starts.size == 0:
+            raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
+    log.info(
+        "training on %d windows, early stopping on %d, calibrating on %d",
+        train_starts.size,
+        val_starts.size,
+        holdout_starts.size,
+    )
+
+    from pipeline.model.training import train_autoencoder  # TensorFlow only where training needs it
+
+    trained = train_autoencoder(values, train_starts, val_starts, window, config.model, scaler.centred_mask)
+
+    # The calibration windows' scores, formed exactly as scoring will form them.
+    scoring = config.scoring
+    rule = ErrorRule.from_config(scoring, scaler.centred_mask)
+    batches = predicted_energy(trained.model, values, holdout_starts, window, scoring.batch_size, rule)
+    energy = np.concatenate([batch for _, batch in batches])
+    times = table["timestamp"][normal]
+    times_ns = utc_ns(times)
+    ends_ns = times_ns[holdout_starts + window - 1]
+    error_scale = drift_rate = drift_reference = None
+    if scoring.normalise_sensors:
+        error_scale = fit_error_scale(energy / window)
+        fit_rows = np.flatnonzero(part == TRAIN)
+        drift_rate = fit_drift_rate(values[fit_rows], times_ns[fit_rows])
+        drift_reference = times.iloc[int(fit_rows[-1])].isoformat()
+        normaliser = ErrorNormaliser(
+            np.asarray(error_scale), np.asarray(drift_rate), scoring.drift_allowance, int(times_ns[fit_rows[-1]])
+        )
+        rule = replace(rule, normaliser=normaliser)
+    errors, _ = window_scores(energy, window, rule, ends_ns)
+    errors = smooth_trailing(errors, scoring.smoothing_rows, stretch[holdout_starts])
+    errors = errors[np.isfinite(errors)]
+    threshold = calibrate_threshold(errors, config.threshold)
+    log.info("threshold %.5g (%s %s)", threshold.value, threshold.method, threshold.params)
+
+    rows = {
+        "normal_rows": n_normal,
+        "train_windows": int(train_starts.size),
+        "validation_windows": int(val_starts.size),
+        "calibration_windows": int(holdout_starts.size),
+    }
+    bundle = ModelBundle(
+        model=trained.model,
+        scaler=scaler,
+        threshold=threshold,
+        config=config,
+        timestamp_column=result.timestamp_column,
+        sampling_interval_seconds=interval,
+        max_gap_seconds=float(max_gap),
+        training={**rows, "normal_until": config.training.normal_until, "label_column": config.ingest.label_column},
+        error_scale=error_scale,
+        drift_rate=drift_rate,
+        drift_reference=drift_reference,
+    )
+    return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
+
+
+def _parts(n_normal: int, config: PipelineConfig) -> np.ndarray:
+    """Part of each normal row in time order: TRAIN, then VALIDATION, then CALIBRATION."""
+    part = np.full(n_normal, TRAIN, dtype=np.int8)
+    fit_rows = int(n_normal * (1 - config.training.holdout_fraction))
+    part[int(fit_rows * (1 - config.training.validation_fraction)) :] = VALIDATION
+    part[fit_rows:] = CALIBRATION
+    return part
+
+
+def part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:
+    """Start rows (among the normal rows) of the windows whose last row is in part ``which``.
+
+    Parts come in time order, so a training window lies wholly in training rows.
+    """
+    starts = window_starts(stretch, window, 1)
+    starts = starts[part[starts + window - 1] == which]
+    return starts[::stride]

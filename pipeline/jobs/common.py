@@ -1,0 +1,62 @@
+"""What the jobs share: the registered bundle, the inputs' description and their MLflow logging."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.data.loading import LoadedInput
+from pipeline.detector.bundle import ModelBundle, load_bundle
+from pipeline.detector.scoring import RowScores, flag_events, score_rows
+from pipeline.reports import explain, plots
+from pipeline.reports.tables import summarise_events
+from pipeline.store.names import PLOTS_FOLDER, event_plot
+from pipeline.tracking import CHAMPION, Tracker, inputs_digest
+
+
+def load_registered(tracker: Tracker, model_name: str, version: str | None = None) -> tuple[ModelBundle, str]:
+    """The bundle of a version of ``model_name``: the given one, else the one holding ``champion``."""
+    found = tracker.model_version(model_name, version, alias=CHAMPION)
+    with tracker.downloaded_bundle(model_name, found.version) as folder:
+        return load_bundle(folder), found.version
+
+
+def describe_inputs(inputs: list[str | Path]) -> str:
+    """'name' of one input, 'first +N' of several (for run names and tags)."""
+    names = [Path(p).name or str(p) for p in inputs]
+    return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
+
+
+def log_dataset(tracker: Tracker, loaded: LoadedInput, files: list[tuple[str, Path]], name: str, context: str) -> None:
+    """The input as an MLflow dataset: the files' digest, the validated table's schema, the files' place."""
+    table = loaded.result.table
+    columns = ["timestamp", *loaded.result.sensors]
+    tracker.log_dataset(table[columns], name, inputs_digest(loaded.digests), [path for _, path in files], context)
+
+
+def log_event_plots(
+    tracker: Tracker,
+    bundle: ModelBundle,
+    table: pd.DataFrame,
+    rows: RowScores,
+    event: np.ndarray,
+    events: pd.DataFrame,
+    folder: Path,
+) -> None:
+    """Per-sensor shares and expected-vs-measured signals of the top events, as ``plots/event_<id>.png``."""
+    for detail in explain.event_details(bundle, table, rows, event, events):
+        path = plots.event_detail(detail, bundle.threshold.value, folder / event_plot(detail.event_id))
+        tracker.log_artifact(path, PLOTS_FOLDER)
+
+
+def score_loaded(
+    bundle: ModelBundle, loaded: LoadedInput, model_version: str, run_id: str
+) -> tuple[RowScores, np.ndarray, pd.DataFrame]:
+    """Row scores, event number per row and the events (``anomalies.csv`` rows) of loaded files."""
+    table = loaded.result.table
+    rows = score_rows(bundle, table, progress=True)
+    event = flag_events(bundle, rows)
+    events = summarise_events(table, rows, event, bundle.threshold.value, bundle.sensors, model_version, run_id)
+    return rows, event, events

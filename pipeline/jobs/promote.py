@@ -1,0 +1,134 @@
+"""The ``promote`` job: give ``@champion`` to a version (default: the ``@challenger``) if it
+passes the gate (``pipeline.evaluation.gate``); every decision is logged as a run."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import PipelineConfig
+from pipeline.data.files import discover_files
+from pipeline.data.loading import load_input
+from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.scoring import flag_events, score_rows
+from pipeline.errors import InputError, PromotionRefused
+from pipeline.evaluation.gate import Gate, GateDecision, gate_figures, judge
+from pipeline.jobs.common import describe_inputs, load_registered
+from pipeline.reports import describe
+from pipeline.serving import scoring_ingest
+from pipeline.store.names import PROMOTION_ARTIFACT
+from pipeline.tracking import CHALLENGER, CHAMPION, Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromoteOutcome:
+    run_id: str
+    version: str
+    champion_before: str | None
+    promoted: bool
+    gate: Gate
+    reason: str
+    figures: dict[str, Any]
+
+
+def promote_job(
+    model_name: str,
+    version: str | None,
+    tracking_uri: str | None,
+    config: PipelineConfig,
+    inputs: list[str | Path] | None = None,
+    label_column: str | None = None,
+    force: bool = False,
+) -> PromoteOutcome:
+    """Give ``champion`` to a version (default: the ``challenger``) if it passes the gate.
+
+    The first champion and ``force`` skip the gate. Data to judge on: ``inputs``, else the files
+    of the latest scoring run. The decision and its figures are logged as a run with stage
+    ``promote``.
+
+    Raises:
+        InputError: unknown model or version, or no data to judge on.
+        PromotionRefused: the gate kept the champion.
+    """
+    tracker = Tracker(tracking_uri, model_name)
+    candidate = tracker.model_version(model_name, version, alias=CHALLENGER)
+    champion = tracker.aliases(model_name).get(CHAMPION)
+    promotion = config.promotion
+    figures: dict[str, Any] = {}
+    run_name = f"promote {model_name} v{candidate.version}"
+    with tracker.run("promote", run_name=run_name, tags={"model_name": model_name}) as run_id:
+        tracker.log_params(
+            {
+                "candidate_version": candidate.version,
+                "champion_version": champion or "",
+                "alarm_rate_budget": promotion.alarm_rate_budget,
+                "f1_tolerance": promotion.f1_tolerance,
+                "label_column": label_column or "",
+                "force": force,
+            }
+        )
+        if champion == candidate.version:
+            decision = GateDecision(Gate.NONE, False, f"version {candidate.version} already holds @{CHAMPION}.")
+        elif champion is None:
+            decision = GateDecision(Gate.NONE, True, "no version held @champion.")
+        elif force:
+            decision = GateDecision(Gate.FORCED, True, "promoted with --force, without the gate.")
+        else:
+            files = discover_files(inputs) if inputs else _latest_scored_files(tracker, model_name)
+            tracker.set_tags({"source": describe_inputs([p for _, p in files])})
+            tracker.record_input_paths([p for _, p in files])
+            new_bundle, _ = load_registered(tracker, model_name, candidate.version)
+            old_bundle, _ = load_registered(tracker, model_name, champion)
+            new, old = _figures(new_bundle, files, label_column), _figures(old_bundle, files, label_column)
+            figures = {**{f"challenger_{k}": v for k, v in new.items()}, **{f"champion_{k}": v for k, v in old.items()}}
+            decision = judge(new, old, label_column is not None, promotion)
+        promoted = decision.promoted
+        tracker.log_metrics({k: v for k, v in figures.items() if isinstance(v, float)} | {"promoted": float(promoted)})
+        verdict = "promoted" if promoted else ("kept" if champion == candidate.version else "refused")
+        tracker.set_tags({"decision": verdict, "gate": decision.gate, "model_version": candidate.version})
+        record = {
+            "decision": verdict,
+            "gate": str(decision.gate),
+            "reason": decision.reason,
+            "challenger": candidate.version,
+            "champion": champion,
+            "figures": figures,
+        }
+        tracker.log_dict(record, PROMOTION_ARTIFACT)
+        tracker.set_description(describe.promotion_description(model_name, record))
+        if promoted:
+            tracker.set_alias(model_name, CHAMPION, candidate.version)
+            if CHALLENGER in candidate.aliases:
+                tracker.delete_alias(model_name, CHALLENGER)
+        log.info("promote %s version %s: %s (%s)", model_name, candidate.version, verdict, decision.reason)
+        outcome = PromoteOutcome(run_id, candidate.version, champion, promoted, decision.gate, decision.reason, figures)
+    if verdict == "refused":
+        raise PromotionRefused(f"{model_name} version {candidate.version} not promoted: {decision.reason} (run {run_id})")
+    return outcome
+
+
+def _figures(bundle: ModelBundle, files: list[tuple[str, Path]], label_column: str | None) -> dict[str, float]:
+    """One version's gate figures on the files, scored as ``score`` scores them."""
+    loaded = load_input(
+        files, scoring_ingest(bundle, label_column), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column
+    )
+    table = loaded.result.table
+    rows = score_rows(bundle, table, progress=True)
+    labels = table["label"].to_numpy() if label_column else None
+    return gate_figures(flag_events(bundle, rows) > 0, np.isfinite(rows.score), labels)
+
+
+def _latest_scored_files(tracker: Tracker, model_name: str) -> list[tuple[str, Path]]:
+    latest = tracker.latest_run("score", model_name)
+    paths = tracker.recorded_input_paths(latest) if latest else []
+    missing = [p for p in paths if not Path(p).is_file()]
+    if not paths or missing:
+        why = "no scoring run records its input" if not paths else f"the latest scored file {missing[0]} is gone"
+        raise InputError(f"promote: {why}; give the data to judge the challenger on with --input")
+    return discover_files(paths)

@@ -1,0 +1,137 @@
+"""The ``score`` job: files -> scores with the ``@champion`` version -> reports in ``--out``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import to_yaml
+from pipeline.data.files import discover_files
+from pipeline.data.loading import load_input
+from pipeline.data.quality import quality_figures
+from pipeline.detector.bundle import ModelBundle
+from pipeline.jobs.common import describe_inputs, load_registered, log_dataset, log_event_plots, score_loaded
+from pipeline.reports import describe, plots
+from pipeline.reports.tables import scores_batches, scores_schema
+from pipeline.serving import scoring_ingest
+from pipeline.store import atomic
+from pipeline.store.names import (
+    ANOMALIES_FILE,
+    CONFIG_ARTIFACT,
+    QUALITY_ARTIFACT,
+    QUALITY_FILE,
+    SCORES_FILE,
+    SCORES_PLOT,
+    VALIDATED_FILE,
+)
+from pipeline.tracking import Tracker, inputs_digest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScoreOutcome:
+    run_id: str
+    out_dir: Path
+    rows_in: int
+    rows_scored: int
+    rows_flagged: int
+    events: int
+    model_version: str
+
+
+def score_job(inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None) -> ScoreOutcome:
+    """Score files with the version of ``model_name`` holding ``@champion`` and write the reports."""
+    tracker = Tracker(tracking_uri, model_name)
+    run_name = f"score {model_name} {describe_inputs(inputs)}"
+    with tracker.run("score", run_name=run_name, tags={"model_name": model_name}) as run_id:
+        bundle, version = load_registered(tracker, model_name)
+        return _score_into(tracker, model_name, bundle, version, discover_files(inputs), out_dir, run_id)
+
+
+def _score_into(
+    tracker: Tracker,
+    model_name: str,
+    bundle: ModelBundle,
+    version: str,
+    files: list[tuple[str, Path]],
+    out_dir: Path,
+    run_id: str,
+) -> ScoreOutcome:
+    paths = [path for _, path in files]
+    tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
+    tracker.log_text(to_yaml(bundle.config), CONFIG_ARTIFACT)
+    loaded = load_input(files, scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    digest = inputs_digest(loaded.digests)
+    tracker.set_tags({"input_digest": digest, "model_version": version, "source": describe_inputs(paths)})
+    tracker.record_input_paths(paths)  # promote re-reads the latest scored data from there
+    log_dataset(tracker, loaded, files, f"score {describe_inputs(paths)}", "scoring")
+    rows, event, events = score_loaded(bundle, loaded, version, run_id)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = loaded.result.table
+    threshold = bundle.threshold.value
+    # scores.csv is written a batch at a time: the whole table as text would be several GB at
+    # millions of rows.
+    scores = scores_batches(loaded.result, rows, event, threshold, loaded.sources)
+    atomic.write_csv_batches(scores, scores_schema(loaded.result.sensors), out_dir / SCORES_FILE)
+    atomic.write_csv(events, out_dir / ANOMALIES_FILE)
+    atomic.write_text(json.dumps(loaded.quality, indent=2), out_dir / QUALITY_FILE)
+    atomic.write_parquet(table, out_dir / VALIDATED_FILE)
+    plot = plots.score_plot(table["timestamp"], table["source"], rows.score, threshold, events, out_dir / SCORES_PLOT)
+
+    outcome = ScoreOutcome(
+        run_id=run_id,
+        out_dir=out_dir,
+        rows_in=loaded.result.counts["rows_in"],
+        rows_scored=int(np.isfinite(rows.score).sum()),
+        rows_flagged=int((event > 0).sum()),
+        events=len(events),
+        model_version=version,
+    )
+    tracker.log_metrics(
+        {
+            "rows_in": outcome.rows_in,
+            "rows_scored": outcome.rows_scored,
+            "rows_flagged": outcome.rows_flagged,
+            "events": outcome.events,
+            "threshold": threshold,
+            **quality_figures(loaded.quality),
+        }
+    )
+    tracker.log_dict(loaded.quality, QUALITY_ARTIFACT)
+    tracker.log_artifact(out_dir / ANOMALIES_FILE)
+    tracker.log_artifact(plot)
+    with tempfile.TemporaryDirectory(prefix="score-plots-") as tmp:
+        log_event_plots(tracker, bundle, table, rows, event, events, Path(tmp))
+    tracker.set_description(
+        describe.scoring_description(
+            model_name,
+            version,
+            loaded.sources,
+            digest,
+            loaded.quality,
+            outcome.rows_in,
+            outcome.rows_scored,
+            outcome.rows_flagged,
+            threshold,
+            events,
+        )
+    )
+    if outcome.rows_scored == 0:
+        log.warning(
+            "no row has a full window of %d rows without a gap longer than %.0f s: every score is empty "
+            "(the model was trained on data sampled every %.0f s)",
+            bundle.window_size,
+            bundle.max_gap_seconds,
+            bundle.sampling_interval_seconds,
+        )
+    log.info(
+        "scored %d rows: %d flagged in %d event(s); report in %s", outcome.rows_in, outcome.rows_flagged, outcome.events, out_dir
+    )
+    return outcome
