@@ -1,0 +1,1 @@
+"""The detector, pure (no MLflow, no output paths): window error, threshold, events, bundle, fitting, scoring, stream carry."""

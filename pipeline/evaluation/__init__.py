@@ -1,0 +1,1 @@
+"""Evaluation: point-wise detection metrics and the promotion gate."""

@@ -1,0 +1,1 @@
+"""Features: the scaler (fitted on normal training rows only) and sliding windows."""

@@ -1,0 +1,1 @@
+"""Reports: the scores and anomalies tables, event explanations, plots and run descriptions."""
