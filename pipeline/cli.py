@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import DEFAULT_MODEL_NAME, load_config, with_overrides
+from pipeline.config import DEFAULT_MODEL_NAME, PipelineConfig, load_config, with_overrides
 from pipeline.errors import InputError, PipelineError
 
 log = logging.getLogger("pipeline")
@@ -34,6 +34,35 @@ def _common(parser: argparse.ArgumentParser, config: bool = True) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
 
 
+def _fleet(parser: argparse.ArgumentParser, periods: bool = False, workers: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--asset-column", metavar="COL", help="fleets: the column naming each row's asset")
+    group.add_argument(
+        "--asset-folders", action="store_true", help="fleets: the first folder level under --input names the asset"
+    )
+    if periods:
+        parser.add_argument("--normal-periods", metavar="FILE", help="fleets: CSV asset,start,end of normal periods")
+    if workers:
+        parser.add_argument("--workers", type=int, metavar="N", help="fleets: parallel processes (default: the number of cores)")
+
+
+def _settings(args: argparse.Namespace) -> PipelineConfig:
+    """The --config file with the flags on top (a flag wins)."""
+    config = load_config(getattr(args, "config", None))
+    return with_overrides(
+        config,
+        {
+            "ingest.timestamp_column": getattr(args, "timestamp_column", None),
+            "ingest.label_column": getattr(args, "label_column", None) if args.command == "train" else None,
+            "training.normal_until": getattr(args, "normal_until", None),
+            "training.normal_periods": getattr(args, "normal_periods", None),
+            "ingest.asset_column": getattr(args, "asset_column", None),
+            "ingest.asset_folders": getattr(args, "asset_folders", None) or None,
+            "engine.workers": getattr(args, "workers", None),
+        },
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anomaly-pipeline",
@@ -49,11 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timestamp-column", metavar="COL", help="default: first column that parses as datetimes")
     train.add_argument("--normal-until", metavar="TS", help="rows strictly before this time are normal")
     train.add_argument("--label-column", metavar="COL", help="rows whose label is 0 are normal")
+    _fleet(train, periods=True)
     _common(train)
 
     score = commands.add_parser("score", help="score files with the registered model and write scores.csv and anomalies.csv")
     score.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
     score.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
+    _fleet(score)
     _common(score, config=False)
 
     run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
@@ -64,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--retrain", action="store_true", help="train a new model version first, even if one exists")
     run.add_argument("--dry-run", action="store_true", help="list what would be processed; write nothing")
+    _fleet(run, periods=True)
     _common(run)
 
     promote = commands.add_parser(
@@ -76,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("--label-column", metavar="COL", help="judge by F1 against this label column instead of by alarm rate")
     promote.add_argument("--force", action="store_true", help="promote without the gate (the decision is still logged)")
+    promote.add_argument("--asset", metavar="A", help="fleets: promote this asset's version (--model-name names the fleet)")
+    _fleet(promote, workers=False)
     _common(promote)
 
     benchmark = commands.add_parser("benchmark", help="measure detection quality on a public benchmark, beside peer detectors")
@@ -123,34 +157,28 @@ def _dispatch(args: argparse.Namespace) -> int:
         _print_benchmark(summary, Path(args.out))
         print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
         return 0
+    config = _settings(args)
+    if config.ingest.fleet and args.command in ("train", "score"):
+        return _fleet_command(args, config)
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
-        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
-        _print_score(outcome)
-        return 0
-    config = load_config(args.config)
-    if args.command == "promote":
+        _print_score(score_job(args.input, Path(args.out), args.model_name, args.tracking_uri))
+    elif args.command == "promote":
         from pipeline.jobs.promote import promote_job
 
-        outcome = promote_job(args.model_name, args.version, args.tracking_uri, config, args.input, args.label_column, args.force)
+        outcome = promote_job(
+            args.model_name, args.version, args.tracking_uri, config, args.input, args.label_column, args.force, args.asset
+        )
         before = f"version {outcome.champion_before}" if outcome.champion_before else "none"
         verb = "promoted" if outcome.promoted else "kept"
+        name = f"{args.model_name} asset {args.asset}" if args.asset else args.model_name
         print(
-            f"{verb}: {args.model_name} version {outcome.version if outcome.promoted else outcome.champion_before} "
-            "holds @champion "
+            f"{verb}: {name} version {outcome.version if outcome.promoted else outcome.champion_before} holds @champion "
             f"(before: {before}); gate {outcome.gate}: {outcome.reason} (run {outcome.run_id})"
         )
         return 0
-    if args.command == "train":
-        config = with_overrides(
-            config,
-            {
-                "ingest.timestamp_column": args.timestamp_column,
-                "ingest.label_column": args.label_column,
-                "training.normal_until": args.normal_until,
-            },
-        )
+    elif args.command == "train":
         from pipeline.jobs.train import train_job
 
         outcome = train_job(args.input, config, args.model_name, args.tracking_uri)
@@ -158,7 +186,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})"
         )
     else:
-        from pipeline.jobs.run import run_job
+        if config.ingest.fleet:
+            from pipeline.jobs.fleet_run import run_fleet_job as run_job
+        else:
+            from pipeline.jobs.run import run_job
 
         outcome = run_job(
             Path(args.input),
@@ -178,6 +209,34 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fleet_command(args: argparse.Namespace, config: PipelineConfig) -> int:
+    """train or score a fleet; 2 when an asset was not trained or scored, or rows were set aside."""
+    if args.command == "train":
+        from pipeline.jobs.fleet_train import train_fleet_job
+
+        outcome = train_fleet_job(args.input, config, args.model_name, args.tracking_uri)
+        verb = "trained"
+    else:
+        from pipeline.jobs.fleet_score import score_fleet_job
+
+        outcome = score_fleet_job(
+            args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, config.engine.workers
+        )
+        verb = "scored"
+    fleet = outcome.fleet
+    done = int((fleet["status"] == "ok").sum())
+    print(
+        f"{verb} {done} of {len(fleet)} asset(s) of fleet {args.model_name}: {int(fleet['rows_flagged'].sum())} rows flagged "
+        f"in {int(fleet['events'].sum())} event(s) (run {outcome.run_id})"
+    )
+    if args.command == "score":
+        print(f"report: {Path(args.out) / 'anomalies.csv'} (per asset: {Path(args.out) / 'fleet.csv'})")
+    for problem in outcome.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+    return 2 if outcome.problems else 0
+
+
 def _print_run(outcome, args: argparse.Namespace) -> int:
     """Print what a scheduled run did; 2 when it quarantined a file (the scheduler should alert)."""
     if outcome.dry_run:
@@ -192,6 +251,9 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
             }[c.kind]
             print(f"  {action}: {c.name}" + (f" ({c.note})" if c.note else ""))
         return 0
+    for asset, summary in sorted((outcome.fleet_trained or {}).items()):
+        if summary.status == "ok":
+            print(f"trained {args.model_name} asset {asset} version {summary.model_version}: threshold {summary.threshold:.6g}")
     if outcome.trained:
         print(f"trained {args.model_name} version {outcome.trained.model_version}: threshold {outcome.trained.threshold:.6g}")
     if outcome.folder is not None:
@@ -206,7 +268,9 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
         print(f"nothing new in {args.input}")
     for name, reason in outcome.quarantined:
         print(f"error: quarantined {name}: {reason}", file=sys.stderr)
-    return 2 if outcome.quarantined else 0
+    for problem in outcome.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if outcome.quarantined or outcome.problems else 0
 
 
 def _print_score(outcome) -> None:

@@ -11,6 +11,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import yaml
 from pydantic import (
     BaseModel,
@@ -42,6 +43,19 @@ class IngestConfig(_Section):
     source_timezone: str = "UTC"  # zone of naive timestamps; aware ones are converted to UTC
     max_fill_rows: int = Field(default=5, ge=0)  # NaN runs up to this long are forward-filled
     flatline_rows: int = Field(default=60, ge=2)  # identical values this long are a quality flag
+    # Fleets: each asset is its own stream with its own model (see README "Fleets").
+    asset_column: str | None = None  # the column naming each row's asset
+    asset_folders: bool = False  # the first folder level under an input folder names the asset
+
+    @model_validator(mode="after")
+    def _one_asset_source(self) -> IngestConfig:
+        if self.asset_column and self.asset_folders:
+            raise ValueError("asset_column and asset_folders name the asset two ways: set one")
+        return self
+
+    @property
+    def fleet(self) -> bool:
+        return bool(self.asset_column or self.asset_folders)
 
 
 class TrainingConfig(_Section):
@@ -61,6 +75,22 @@ class TrainingConfig(_Section):
 
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)  # last part of normal rows, for calibration
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # last part of the rest, for early stopping
+    # Fleets: a CSV asset,start,end of each asset's normal periods (start <= timestamp < end).
+    normal_periods: str | None = None
+    # Fleets: for an asset without a period, its first stretch this long is normal (e.g. '7D').
+    normal_first: str | None = None
+
+    @field_validator("normal_first")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                ok = pd.Timedelta(value) > pd.Timedelta(0)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError("must be a positive duration, e.g. '7D' or '12h'")
+        return value
 
 
 class FeaturesConfig(_Section):
@@ -138,6 +168,12 @@ class PromotionConfig(_Section):
     f1_tolerance: float = Field(default=0.0, ge=0, le=1)  # with labels: how much lower than the champion's F1 may be
 
 
+class EngineConfig(_Section):
+    """How per-asset work is spread (fleets)."""
+
+    workers: int | None = Field(default=None, ge=1)  # parallel processes; default: the number of cores
+
+
 class PipelineConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -149,6 +185,7 @@ class PipelineConfig(_Section):
     events: EventsConfig = Field(default_factory=EventsConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key`` -> value, for logging as parameters."""
@@ -187,15 +224,18 @@ def load_config(path: str | Path | None) -> PipelineConfig:
 def with_overrides(config: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
     """Return a copy with ``section.key`` settings replaced; ``None`` values are ignored.
 
+    Settings neither the config nor an override set stay unset (``model_fields_set``): the run
+    tells a setting given from a default by that.
+
     Raises:
         InputError: an override is not allowed for its field.
     """
-    data = config.model_dump()
+    data = config.model_dump(exclude_unset=True)
     for dotted, value in overrides.items():
         if value is None:
             continue
         section, key = dotted.split(".")
-        data[section][key] = value
+        data.setdefault(section, {})[key] = value
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -265,9 +265,15 @@ class Tracker:
         mlflow.log_input(dataset, context=context)
 
     def register_model(
-        self, bundle_folder: Path, model_name: str, run_id: str, example_input: Any, example_output: Any
+        self,
+        bundle_folder: Path,
+        model_name: str,
+        run_id: str,
+        example_input: Any,
+        example_output: Any,
+        tags: dict[str, str] | None = None,
     ) -> tuple[str, str]:
-        """Log the bundle as the pyfunc ``AnomalyModel`` and register it.
+        """Log the bundle as the pyfunc ``AnomalyModel`` and register it (``tags`` on the model and the version).
 
         The first version of a name gets the alias ``champion``, later ones ``challenger``
         (promote moves ``champion``). Returns (version, alias).
@@ -293,10 +299,11 @@ class Tracker:
                 pip_requirements=serving.requirements(),
             )
         with contextlib.suppress(MlflowException):  # already registered
-            self.client.create_registered_model(model_name)
-        version = str(
-            self.client.create_model_version(model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id).version
+            self.client.create_registered_model(model_name, tags=tags)
+        created = self.client.create_model_version(
+            model_name, source=info.model_uri, run_id=run_id, model_id=info.model_id, tags=tags
         )
+        version = str(created.version)
         alias = CHALLENGER if self._alias_version(model_name, CHAMPION) else CHAMPION
         self.client.set_registered_model_alias(model_name, alias, version)
         return version, alias

@@ -73,3 +73,12 @@ def test_normal_until_accepts_an_unquoted_yaml_datetime_and_refuses_a_bare_time(
     path.write_text("training:\n  normal_until: '12:00'\n")
     with pytest.raises(InputError, match="training.normal_until.*with a date"):
         load_config(path)
+
+
+def test_overrides_leave_unset_settings_unset(tmp_path):
+    """The scheduled run treats a reading setting as given only when it was set (e.g. source_timezone)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("ingest:\n  decimal: ','\n")
+    returned = with_overrides(load_config(path), {"ingest.asset_column": "asset", "training.normal_until": None})
+    assert returned.ingest.model_fields_set == {"decimal", "asset_column"}
+    assert returned.ingest.source_timezone == "UTC" and "training" not in returned.model_fields_set

@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -34,6 +35,11 @@ class RawSource:
     frame: pd.DataFrame
     digest: str
     row_offset: int = 0  # file row of the frame's first row (the new rows of an appended file)
+    rows: np.ndarray | None = None  # file row of each frame row, when not consecutive (one asset's rows of a shared file)
+
+    def file_rows(self) -> np.ndarray:
+        """The 0-based data row in its file of each row of ``frame``."""
+        return self.rows if self.rows is not None else np.arange(len(self.frame), dtype=np.int64) + self.row_offset
 
 
 def discover_files(paths: list[str | Path]) -> list[tuple[str, Path]]:

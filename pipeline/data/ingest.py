@@ -171,7 +171,7 @@ def _normalise(
     counts["unparseable_timestamp"] += int((reasons == "unparseable timestamp").sum())
     counts["ambiguous_time"] += int(reasons.notna().sum()) - int((reasons == "unparseable timestamp").sum())
 
-    columns = {"source": source.name, "row": np.arange(n, dtype=np.int64) + source.row_offset, "timestamp": timestamps}
+    columns = {"source": source.name, "row": source.file_rows(), "timestamp": timestamps}
     for column in sensors:
         values, bad = to_float(frame[column], config.decimal)
         columns[column] = values

@@ -49,9 +49,17 @@ class FitReport:
     rows: dict[str, int]  # normal rows and windows per part
 
 
-def normal_mask(table: pd.DataFrame, config: PipelineConfig) -> np.ndarray:
-    """Rows that training may use: before ``normal_until`` and/or labelled 0; all rows if neither is set."""
+def normal_mask(table: pd.DataFrame, config: PipelineConfig, in_period: np.ndarray | None = None) -> np.ndarray:
+    """Rows that training may use: in the asset's normal periods (``in_period``, fleets), else in
+    its first ``normal_first`` (fleets); and before ``normal_until``; and labelled 0. All rows
+    when none of these is set.
+    """
     mask = np.ones(len(table), dtype=bool)
+    if in_period is not None:
+        mask &= in_period
+    elif config.training.normal_first and len(table):
+        first = table["timestamp"].iloc[0]
+        mask &= (table["timestamp"] < first + pd.Timedelta(config.training.normal_first)).to_numpy()
     if config.training.normal_until:
         try:
             until = pd.Timestamp(config.training.normal_until)
@@ -72,15 +80,19 @@ def rows_needed(config: PipelineConfig) -> int:
     return max(int(np.ceil(window / fit_share)), int(np.ceil(1 / smallest_part)))
 
 
-def fit_bundle(result: IngestResult, config: PipelineConfig) -> tuple[ModelBundle, FitReport]:
+def fit_bundle(
+    result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None
+) -> tuple[ModelBundle, FitReport]:
     """Fit scaler, autoencoder, error normalisation and threshold on the normal rows of a table.
+
+    ``in_period`` marks the rows in the asset's normal periods (fleets; see ``normal_mask``).
 
     Raises:
         InputError: too few normal rows, or no window in one of the parts.
     """
     table = result.table
     window = config.features.window_size
-    normal = normal_mask(table, config)
+    normal = normal_mask(table, config, in_period)
     n_normal = int(normal.sum())
     needed = rows_needed(config)
     if n_normal < needed:

@@ -29,11 +29,11 @@ def describe_inputs(inputs: list[str | Path]) -> str:
     return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
 
 
-def log_dataset(tracker: Tracker, loaded: LoadedInput, files: list[tuple[str, Path]], name: str, context: str) -> None:
+def log_dataset(tracker: Tracker, loaded: LoadedInput, paths: list[Path], name: str, context: str) -> None:
     """The input as an MLflow dataset: the files' digest, the validated table's schema, the files' place."""
     table = loaded.result.table
     columns = ["timestamp", *loaded.result.sensors]
-    tracker.log_dataset(table[columns], name, inputs_digest(loaded.digests), [path for _, path in files], context)
+    tracker.log_dataset(table[columns], name, inputs_digest(loaded.digests), paths, context)
 
 
 def log_event_plots(

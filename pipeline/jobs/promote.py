@@ -3,6 +3,7 @@ passes the gate (``pipeline.evaluation.gate``); every decision is logged as a ru
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,14 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import PipelineConfig
+from pipeline.config import IngestConfig, PipelineConfig
 from pipeline.data.files import discover_files
+from pipeline.data.fleet import read_fleet, validate_asset
 from pipeline.data.loading import load_input
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.scoring import flag_events, score_rows
 from pipeline.errors import InputError, PromotionRefused
 from pipeline.evaluation.gate import Gate, GateDecision, gate_figures, judge
 from pipeline.jobs.common import describe_inputs, load_registered
+from pipeline.jobs.fleet_common import FLEET_INGEST_TAG, asset_model_name
 from pipeline.reports import describe
 from pipeline.serving import scoring_ingest
 from pipeline.store.names import PROMOTION_ARTIFACT
@@ -45,18 +48,24 @@ def promote_job(
     inputs: list[str | Path] | None = None,
     label_column: str | None = None,
     force: bool = False,
+    asset: str | None = None,
 ) -> PromoteOutcome:
     """Give ``champion`` to a version (default: the ``challenger``) if it passes the gate.
 
     The first champion and ``force`` skip the gate. Data to judge on: ``inputs``, else the files
     of the latest scoring run. The decision and its figures are logged as a run with stage
-    ``promote``.
+    ``promote``. With ``asset``, ``model_name`` is a fleet and the version is that asset's
+    (judged on the asset's rows of the data, named as ``config.ingest`` names assets, else as the
+    latest fleet scoring run did).
 
     Raises:
         InputError: unknown model or version, or no data to judge on.
         PromotionRefused: the gate kept the champion.
     """
     tracker = Tracker(tracking_uri, model_name)
+    fleet, fleet_ingest = model_name, config.ingest
+    if asset is not None:
+        model_name = asset_model_name(fleet, asset)
     candidate = tracker.model_version(model_name, version, alias=CHALLENGER)
     champion = tracker.aliases(model_name).get(CHAMPION)
     promotion = config.promotion
@@ -80,12 +89,16 @@ def promote_job(
         elif force:
             decision = GateDecision(Gate.FORCED, True, "promoted with --force, without the gate.")
         else:
-            files = discover_files(inputs) if inputs else _latest_scored_files(tracker, model_name)
+            latest = None if inputs else tracker.latest_run("score", fleet)
+            files = discover_files(inputs) if inputs else _latest_scored_files(tracker, latest)
+            if asset is not None and not fleet_ingest.fleet:
+                fleet_ingest = _recorded_fleet_ingest(latest)
             tracker.set_tags({"source": describe_inputs([p for _, p in files])})
             tracker.record_input_paths([p for _, p in files])
             new_bundle, _ = load_registered(tracker, model_name, candidate.version)
             old_bundle, _ = load_registered(tracker, model_name, champion)
-            new, old = _figures(new_bundle, files, label_column), _figures(old_bundle, files, label_column)
+            judged = (asset, fleet_ingest) if asset is not None else None
+            new, old = _figures(new_bundle, files, label_column, judged), _figures(old_bundle, files, label_column, judged)
             figures = {**{f"challenger_{k}": v for k, v in new.items()}, **{f"champion_{k}": v for k, v in old.items()}}
             decision = judge(new, old, label_column is not None, promotion)
         promoted = decision.promoted
@@ -113,19 +126,36 @@ def promote_job(
     return outcome
 
 
-def _figures(bundle: ModelBundle, files: list[tuple[str, Path]], label_column: str | None) -> dict[str, float]:
-    """One version's gate figures on the files, scored as ``score`` scores them."""
-    loaded = load_input(
-        files, scoring_ingest(bundle, label_column), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column
-    )
+def _figures(
+    bundle: ModelBundle, files: list[tuple[str, Path]], label_column: str | None, asset: tuple[str, IngestConfig] | None = None
+) -> dict[str, float]:
+    """One version's gate figures on the files (on one asset's rows of them), scored as ``score`` scores them."""
+    ingest = scoring_ingest(bundle, label_column)
+    if asset is None:
+        loaded = load_input(files, ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    else:
+        name, fleet_ingest = asset
+        pieces = read_fleet(files, fleet_ingest).pieces.get(name)
+        if not pieces:
+            raise InputError(f"promote: the data holds no row of asset {name}")
+        loaded = validate_asset(name, pieces, ingest, bundle.sensors, bundle.timestamp_column)
     table = loaded.result.table
     rows = score_rows(bundle, table, progress=True)
     labels = table["label"].to_numpy() if label_column else None
     return gate_figures(flag_events(bundle, rows) > 0, np.isfinite(rows.score), labels)
 
 
-def _latest_scored_files(tracker: Tracker, model_name: str) -> list[tuple[str, Path]]:
-    latest = tracker.latest_run("score", model_name)
+def _recorded_fleet_ingest(run) -> IngestConfig:
+    """How the latest fleet scoring run named its assets."""
+    recorded = json.loads(run.data.tags.get(FLEET_INGEST_TAG, "{}")) if run else {}
+    if not recorded:
+        raise InputError(
+            "promote --asset: name the assets with --asset-column or --asset-folders (no fleet scoring run to follow)"
+        )
+    return IngestConfig(**recorded)
+
+
+def _latest_scored_files(tracker: Tracker, latest) -> list[tuple[str, Path]]:
     paths = tracker.recorded_input_paths(latest) if latest else []
     missing = [p for p in paths if not Path(p).is_file()]
     if not paths or missing:

@@ -7,7 +7,8 @@ is ``pipeline.detector.stream``; what is written under ``--out`` is ``pipeline.j
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +62,8 @@ class RunOutcome:
     rows_flagged: int = 0
     events: int = 0
     dry_run: bool = False
+    problems: list[str] = field(default_factory=list)  # fleets: assets not scored, rows set aside (exit 2)
+    fleet_trained: dict | None = None  # fleets: asset -> AssetSummary of the assets trained by this run
 
     @property
     def processed(self) -> list[Candidate]:
@@ -78,11 +81,13 @@ def run_job(
     config_given: bool = True,
     retrain: bool = False,
     dry_run: bool = False,
+    process: Callable[..., RunOutcome] | None = None,
 ) -> RunOutcome:
     """The scheduled batch: process what is new in ``input_dir`` exactly once.
 
     Trains first when no model of that name exists, or with ``retrain``. Which settings come
     from ``config`` (when ``config_given``) and which from the model: ``jobs.run_settings``.
+    ``process`` handles the new files under the lock (default: one stream; fleets: ``jobs.fleet_run``).
     """
     if dry_run:
         return _dry_run(input_dir, state_dir, model_name, tracking_uri, retrain)
@@ -104,8 +109,8 @@ def run_job(
             return RunOutcome(None, None, candidates, [], None)
         run_name = f"run {model_name} {input_dir.name}"
         with tracker.run("run", run_name=run_name, tags={"model_name": model_name}) as run_id:
-            job = _Run(tracker, run_id, model_name, input_dir, out_dir, state_dir, state, carry)
-            return job.process(candidates, config, config_given, retrain)
+            job = RunContext(tracker, run_id, model_name, input_dir, out_dir, state_dir, state, carry)
+            return (process or RunContext.process)(job, candidates, config, config_given, retrain)
 
 
 def _stored_carry(state: RunState, state_dir: Path) -> Carry | None:
@@ -138,7 +143,7 @@ def _dry_run(input_dir: Path, state_dir: Path, model_name: str, tracking_uri: st
 
 
 @dataclass
-class _Run:
+class RunContext:
     """One run's context, held while it processes its candidates."""
 
     tracker: Tracker
@@ -162,38 +167,25 @@ class _Run:
         champion = load_registered(tracker, self.model_name) if tracker.latest_version(self.model_name) else None
         own = config if config_given or champion is None else champion[0].config
 
-        # Read the new content file by file: a file that cannot be read is quarantined, not fatal.
-        reading = batch_settings(own, champion[0] if champion else None).ingest
-        sources: dict[str, RawSource] = {}
-        for c in candidates:
-            if not c.kind.to_process:
-                continue
-            try:
-                raw = read_source(c.name, c.path, reading)
-            except InputError as exc:
-                quarantined.append((c.name, _reason(c.name, exc)))
-                continue
-            if c.skip_rows:
-                raw = RawSource(c.name, raw.frame.iloc[c.skip_rows :].reset_index(drop=True), raw.digest, row_offset=c.skip_rows)
-            sources[c.name] = raw
+        sources = self.read_new(candidates, batch_settings(own, champion[0] if champion else None).ingest, quarantined)
 
         # A version trained here becomes @champion only when there was none (else @challenger).
         trained = self._train(candidates, sources, quarantined, own) if champion is None or retrain else None
         bundle, version = champion or load_registered(tracker, self.model_name)
         settings = batch_settings(own, bundle, warn=config_given)
 
-        result, rejected_files = _validate_batch(list(sources.values()), settings, bundle)
+        result, rejected_files = validate_batch(list(sources.values()), settings, bundle)
         quarantined += rejected_files
         if result is None and not quarantined:
             tracker.set_tags({"model_version": version})
             return RunOutcome(self.run_id, None, candidates, quarantined, trained, model_version=version)
         # Outputs first, in a partial folder renamed into place; then the state; then the summary.
-        batch = self._score(bundle, version, settings, result) if result is not None else None
+        batch = self.score_stream(bundle, version, settings, result, self.carry) if result is not None else None
         folder = None
         if batch is not None:
             manifest = self._manifest(bundle, version, candidates, sources, quarantined, batch)
             folder = publish_run_folder(self.out_dir, self.run_id, batch.folder(manifest))
-        self._commit(candidates, sources, quarantined, batch, folder)
+        self.commit(candidates, sources, quarantined, folder, {None: batch.step.carry} if batch else {})
 
         digests = {c.name: c.digest for c in candidates if c.name in sources}
         tracker.set_tags({"model_version": version, "input_digest": inputs_digest(digests)})
@@ -203,6 +195,22 @@ class _Run:
         if batch is not None:
             self._log_batch(outcome, batch, settings, bundle, sources, quarantined, folder)
         return outcome
+
+    def read_new(self, candidates: list[Candidate], reading, quarantined: list[tuple[str, str]]) -> dict[str, RawSource]:
+        """The new content, file by file: a file that cannot be read is quarantined (appended to ``quarantined``), not fatal."""
+        sources: dict[str, RawSource] = {}
+        for c in candidates:
+            if not c.kind.to_process:
+                continue
+            try:
+                raw = read_source(c.name, c.path, reading)
+            except InputError as exc:
+                quarantined.append((c.name, quarantine_reason(c.name, exc)))
+                continue
+            if c.skip_rows:
+                raw = RawSource(c.name, raw.frame.iloc[c.skip_rows :].reset_index(drop=True), raw.digest, row_offset=c.skip_rows)
+            sources[c.name] = raw
+        return sources
 
     def _train(self, candidates, sources, quarantined, config: PipelineConfig) -> TrainOutcome:
         """A new version on every readable file of the input folder (processed ones included)."""
@@ -215,8 +223,11 @@ class _Run:
         checkpoint("after_train")
         return trained
 
-    def _score(self, bundle: ModelBundle, version: str, settings: PipelineConfig, result: IngestResult) -> _Batch:
-        carry = self.carry.for_sensors(bundle.sensors) if self.carry else Carry.empty(bundle.sensors)
+    def score_stream(
+        self, bundle: ModelBundle, version: str, settings: PipelineConfig, result: IngestResult, carry: Carry | None
+    ) -> ScoredBatch:
+        """One stream's batch scored after its carry (late rows set aside first)."""
+        carry = carry.for_sensors(bundle.sensors) if carry else Carry.empty(bundle.sensors)
         checked = set_aside_late(result, carry.last_timestamp_ns)
         if len(checked.table):
             quality = quality_report(checked, settings.ingest.flatline_rows)
@@ -224,9 +235,9 @@ class _Run:
             quality = {"rows": checked.counts, "sources": sorted(set(checked.rejected["source"]))}
         step = advance(bundle, checked.table, carry, settings.events, settings.scoring.batch_size)
         step.carry = replace(step.carry, model_version=version)
-        return _Batch(step, checked, quality, bundle, version, self.run_id)
+        return ScoredBatch(step, checked, quality, bundle, version, self.run_id)
 
-    def _manifest(self, bundle, version, candidates, sources, quarantined, batch: _Batch) -> dict:
+    def _manifest(self, bundle, version, candidates, sources, quarantined, batch: ScoredBatch) -> dict:
         return {
             "run_id": self.run_id,
             "model_name": self.model_name,
@@ -239,8 +250,9 @@ class _Run:
             "rows": batch.counts,
         }
 
-    def _commit(self, candidates, sources, quarantined, batch: _Batch | None, folder: Path | None) -> None:
-        """Record what this run processed and quarantined; the state is saved only after the outputs."""
+    def commit(self, candidates, sources, quarantined, folder: Path | None, carries: dict[str | None, Carry]) -> None:
+        """Record what this run processed and quarantined, and each stream's carry (key None: the one
+        stream; else an asset); the state is saved only after the outputs."""
         state, now = self.state, now_iso()
         bad = dict(quarantined)
         for c in candidates:
@@ -252,15 +264,19 @@ class _Run:
         for name, reason in quarantined:
             state.quarantined[name] = Quarantined(digests[name], reason, now, self.run_id)
             log.error("%s: quarantined: %s", name, reason)
-        if batch is not None:
-            state.carry = batch.step.carry.to_dict()
+        for asset, carry in carries.items():
+            if asset is None:
+                state.carry = carry.to_dict()
+            else:
+                state.carries[asset] = carry.to_dict()
+        if folder is not None:
             state.runs.append(folder.name)
             state.unmerged.append(folder.name)
         save_state(state, self.state_dir)
         checkpoint("after_state")
         update_cumulative_anomalies(self.out_dir, state, self.state_dir)
 
-    def _log_batch(self, outcome: RunOutcome, batch: _Batch, settings, bundle, sources, quarantined, folder: Path) -> None:
+    def _log_batch(self, outcome: RunOutcome, batch: ScoredBatch, settings, bundle, sources, quarantined, folder: Path) -> None:
         outcome.rows_in, outcome.rows_written, outcome.rows_held = (
             batch.counts["rows_in"],
             batch.rows_written,
@@ -286,7 +302,7 @@ class _Run:
 
 
 @dataclass
-class _Batch:
+class ScoredBatch:
     """One scored batch and what its folder shows."""
 
     step: StreamStep
@@ -308,6 +324,11 @@ class _Batch:
     def rows_written(self) -> int:
         return len(self.step.event) + len(self.checked.rejected)
 
+    def events_frame(self) -> pd.DataFrame:
+        """The events this batch touched, as ``anomalies.csv`` rows with their figures so far."""
+        sensors, threshold = self.bundle.sensors, self.bundle.threshold.value
+        return events_frame(self.step.events, sensors, threshold, self.version, self.run_id)
+
     def folder(self, manifest: dict) -> RunFolder:
         """scores.csv: the decided rows (held-back ones first: they are older) and the set-aside rows."""
         step, rejected, sensors = self.step, self.checked.rejected, self.bundle.sensors
@@ -325,7 +346,7 @@ class _Batch:
         return RunFolder(
             scores=scores_batches(written, rows, step.event, threshold, order),
             scores_schema=scores_schema(sensors),
-            events=events_frame(step.events, sensors, threshold, self.version, self.run_id),
+            events=self.events_frame(),
             quality=self.quality,
             manifest=manifest,
         )
@@ -335,7 +356,7 @@ def _decided_table(step: StreamStep) -> pd.DataFrame:
     return pd.DataFrame({"source": step.source, "row": step.row, "timestamp": pd.to_datetime(step.timestamp_ns, utc=True)})
 
 
-def _validate_batch(
+def validate_batch(
     sources: list[RawSource], settings: PipelineConfig, bundle: ModelBundle
 ) -> tuple[IngestResult | None, list[tuple[str, str]]]:
     """Validate the batch's files together (one stream); a file that fails alone is quarantined.
@@ -359,11 +380,11 @@ def _validate_batch(
             check([source])
             good.append(source)
         except InputError as exc:
-            bad.append((source.name, _reason(source.name, exc)))
+            bad.append((source.name, quarantine_reason(source.name, exc)))
     return (check(good) if good else None), bad
 
 
-def _reason(name: str, exc: InputError) -> str:
+def quarantine_reason(name: str, exc: InputError) -> str:
     """The error without its leading 'file: ' (the quarantine record names the file already)."""
     head, sep, rest = str(exc).partition(": ")
     return rest if sep and (head == name or head.endswith("/" + name)) else str(exc)

@@ -15,7 +15,15 @@ import pyarrow as pa
 from pipeline.reports.tables import EVENT_COLUMNS
 from pipeline.store import atomic
 from pipeline.store.checkpoints import checkpoint
-from pipeline.store.names import ANOMALIES_FILE, QUALITY_FILE, RUN_MANIFEST, SCORES_FILE, partial_folder_name, run_folder_name
+from pipeline.store.names import (
+    ANOMALIES_FILE,
+    FLEET_FILE,
+    QUALITY_FILE,
+    RUN_MANIFEST,
+    SCORES_FILE,
+    partial_folder_name,
+    run_folder_name,
+)
 from pipeline.store.state import RunState, publish_folder, save_state
 
 
@@ -28,6 +36,7 @@ class RunFolder:
     events: pd.DataFrame
     quality: dict[str, Any]
     manifest: dict[str, Any]
+    fleet: pd.DataFrame | None = None  # fleets: fleet.csv
 
 
 def publish_run_folder(out_dir: Path, run_id: str, content: RunFolder) -> Path:
@@ -40,6 +49,8 @@ def publish_run_folder(out_dir: Path, run_id: str, content: RunFolder) -> Path:
     atomic.write_csv(content.events, partial / ANOMALIES_FILE)
     atomic.write_text(json.dumps(content.quality, indent=2), partial / QUALITY_FILE)
     atomic.write_text(json.dumps(content.manifest, indent=2), partial / RUN_MANIFEST)
+    if content.fleet is not None:
+        atomic.write_csv(content.fleet, partial / FLEET_FILE)
     publish_folder(partial, folder)
     checkpoint("after_outputs")
     return folder
@@ -47,7 +58,7 @@ def publish_run_folder(out_dir: Path, run_id: str, content: RunFolder) -> Path:
 
 def update_cumulative_anomalies(out_dir: Path, state: RunState, state_dir: Path) -> None:
     """Bring ``--out/anomalies.csv`` (every event so far, with its latest figures: a later run
-    that extended an event replaces its row; by event id) up to the committed runs.
+    that extended an event replaces its row; by event id, per asset for a fleet) up to the committed runs.
 
     The runs committed since the last update (``state.unmerged``) are merged into it, so a run
     reads one file per new run, not every run folder; merging again is harmless (the latest
@@ -61,8 +72,9 @@ def update_cumulative_anomalies(out_dir: Path, state: RunState, state_dir: Path)
     frames = [_read_events(path)] if path.is_file() else []
     frames += [_read_events(out_dir / name / ANOMALIES_FILE) for name in names]
     events = pd.concat([f for f in frames if len(f)] or [pd.DataFrame(columns=EVENT_COLUMNS)], ignore_index=True)
-    events = events.drop_duplicates("event_id", keep="last").sort_values("event_id", kind="stable")
-    atomic.write_csv(events[EVENT_COLUMNS], path)
+    key = ["asset", "event_id"] if "asset" in events.columns else ["event_id"]  # fleets: event ids count per asset
+    events = events.drop_duplicates(key, keep="last").sort_values(key, kind="stable")
+    atomic.write_csv(events[[*key[:-1], *EVENT_COLUMNS]], path)
     if state.unmerged:
         state.unmerged = []
         save_state(state, state_dir)
@@ -71,4 +83,4 @@ def update_cumulative_anomalies(out_dir: Path, state: RunState, state_dir: Path)
 def _read_events(path: Path) -> pd.DataFrame:
     if not path.is_file() or not path.stat().st_size:
         return pd.DataFrame(columns=EVENT_COLUMNS)
-    return pd.read_csv(path, dtype={"model_version": str, "run_id": str, "source": str, "top_sensors": str})
+    return pd.read_csv(path, dtype={"asset": str, "model_version": str, "run_id": str, "source": str, "top_sensors": str})

@@ -70,7 +70,7 @@ def _score_into(
     digest = inputs_digest(loaded.digests)
     tracker.set_tags({"input_digest": digest, "model_version": version, "source": describe_inputs(paths)})
     tracker.record_input_paths(paths)  # promote re-reads the latest scored data from there
-    log_dataset(tracker, loaded, files, f"score {describe_inputs(paths)}", "scoring")
+    log_dataset(tracker, loaded, paths, f"score {describe_inputs(paths)}", "scoring")
     rows, event, events = score_loaded(bundle, loaded, version, run_id)
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import serving
 from pipeline.config import PipelineConfig, to_yaml
 from pipeline.data.files import discover_files
-from pipeline.data.loading import load_input
+from pipeline.data.loading import LoadedInput, load_input
 from pipeline.data.quality import quality_figures
 from pipeline.detector.bundle import load_bundle
-from pipeline.detector.fitting import fit_bundle
+from pipeline.detector.fitting import FitReport, fit_bundle
 from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded
 from pipeline.reports import describe, plots
 from pipeline.store import atomic
@@ -41,6 +43,10 @@ class TrainOutcome:
     model_version: str
     threshold: float
     rows: dict[str, int]
+    rows_in: int = 0
+    rows_scored: int = 0  # of the training input, scored for review
+    rows_flagged: int = 0
+    events: int = 0
 
 
 def train_job(inputs: list[str | Path], config: PipelineConfig, model_name: str, tracking_uri: str | None) -> TrainOutcome:
@@ -55,19 +61,41 @@ def train_into(
     tracker: Tracker, files: list[tuple[str, Path]], config: PipelineConfig, model_name: str, run_id: str
 ) -> TrainOutcome:
     """Train and register within the active run ``run_id`` (``train`` and the first ``run``)."""
-    paths = [path for _, path in files]
     tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
     tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
     loaded = load_input(files, config.ingest)
-    digest = inputs_digest(loaded.digests)
-    tracker.set_tags({"input_digest": digest, "source": describe_inputs(paths)})
+    log_training_input(tracker, loaded, [path for _, path in files])
+    bundle, fit = fit_bundle(loaded.result, config)
+    with tempfile.TemporaryDirectory(prefix="train-") as tmp:
+        return record_fit(tracker, loaded, bundle.save(Path(tmp) / BUNDLE_FOLDER), fit, config, model_name, run_id)
+
+
+def log_training_input(tracker: Tracker, loaded: LoadedInput, paths: list[Path]) -> None:
+    """The training input's digest, quality report and dataset, on the active run."""
+    tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "source": describe_inputs(paths)})
     tracker.log_dict(loaded.quality, QUALITY_ARTIFACT)
     tracker.log_metrics(quality_figures(loaded.quality))
-    log_dataset(tracker, loaded, files, f"train {describe_inputs(paths)}", "training")
+    log_dataset(tracker, loaded, paths, f"train {describe_inputs(paths)}", "training")
 
-    bundle, fit = fit_bundle(loaded.result, config)
+
+def record_fit(
+    tracker: Tracker,
+    loaded: LoadedInput,
+    folder: Path,
+    fit: FitReport,
+    config: PipelineConfig,
+    registered_name: str,
+    run_id: str,
+    tags: dict[str, str] | None = None,
+) -> TrainOutcome:
+    """Log a fitted bundle (saved in ``folder``, named ``BUNDLE_FOLDER``) on the active run; register it as ``registered_name``.
+
+    The saved bundle, loaded as scoring loads it, scores the training input for review and gives
+    the registered model's example output.
+    """
+    saved = load_bundle(folder)
+    threshold = saved.threshold
     tracker.log_history(fit.history)
-    threshold = bundle.threshold
     tracker.log_metrics(
         {
             "threshold": threshold.value,
@@ -76,46 +104,51 @@ def train_into(
             **{k: float(v) for k, v in fit.rows.items()},
         }
     )
-    tracker.log_dict({"sensors": bundle.sensors, **threshold.to_dict()}, THRESHOLD_ARTIFACT)
+    tracker.log_dict({"sensors": saved.sensors, **threshold.to_dict()}, THRESHOLD_ARTIFACT)
+    table = loaded.result.table
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         tmp_dir = Path(tmp)
         tracker.log_artifact(plots.training_curves(fit.history, tmp_dir / TRAINING_CURVES_PLOT), PLOTS_FOLDER)
-        tracker.log_artifact(
-            plots.error_histogram(fit.holdout_errors, threshold.value, tmp_dir / HOLDOUT_ERRORS_PLOT), PLOTS_FOLDER
-        )
-        tracker.log_artifact(atomic.write_parquet(loaded.result.table, tmp_dir / VALIDATED_FILE), DATA_FOLDER)
+        histogram = plots.error_histogram(fit.holdout_errors, threshold.value, tmp_dir / HOLDOUT_ERRORS_PLOT)
+        tracker.log_artifact(histogram, PLOTS_FOLDER)
+        tracker.log_artifact(atomic.write_parquet(table, tmp_dir / VALIDATED_FILE), DATA_FOLDER)
         if len(loaded.result.rejected):
             tracker.log_artifact(atomic.write_csv(loaded.result.rejected, tmp_dir / QUARANTINE_ARTIFACT))
-        folder = bundle.save(tmp_dir / BUNDLE_FOLDER)
-        # The saved bundle as scoring will load it: it scores the training input for review and
-        # gives the registered model's example output.
-        saved = load_bundle(folder)
-        table = loaded.result.table
         rows, event, events = score_loaded(saved, loaded, "", run_id)
         plot = plots.score_plot(table["timestamp"], table["source"], rows.score, threshold.value, events, tmp_dir / SCORES_PLOT)
         tracker.log_artifact(plot, PLOTS_FOLDER)
         log_event_plots(tracker, saved, table, rows, event, events, tmp_dir)
         example = serving.input_example(loaded.result, saved)
-        version, alias = tracker.register_model(folder, model_name, run_id, example, serving.predict_frame(saved, example))
+        example_output = serving.predict_frame(saved, example)
+        version, alias = tracker.register_model(folder, registered_name, run_id, example, example_output, tags)
     tracker.set_tags({"model_version": version, "model_alias": alias})
     tracker.set_description(
         describe.training_description(
-            model_name,
+            registered_name,
             version,
             alias,
             loaded.sources,
-            digest,
+            inputs_digest(loaded.digests),
             loaded.quality,
             config.training.normal_until,
             config.ingest.label_column,
             fit.rows,
-            bundle.window_size,
+            saved.window_size,
             threshold,
             fit.history,
             fit.best_epoch,
             events,
-            bundle.scaler.centred,
+            saved.scaler.centred,
         )
     )
-    log.info("registered %s version %s as @%s (threshold %.5g)", model_name, version, alias, threshold.value)
-    return TrainOutcome(run_id=run_id, model_version=version, threshold=threshold.value, rows=fit.rows)
+    log.info("registered %s version %s as @%s (threshold %.5g)", registered_name, version, alias, threshold.value)
+    return TrainOutcome(
+        run_id=run_id,
+        model_version=version,
+        threshold=threshold.value,
+        rows=fit.rows,
+        rows_in=loaded.result.counts["rows_in"],
+        rows_scored=int(np.isfinite(rows.score).sum()),
+        rows_flagged=int((event > 0).sum()),
+        events=len(events),
+    )

@@ -127,3 +127,31 @@ def event_detail(detail, threshold: float, path: Path) -> Path:
         if row == 0:
             ax.legend(loc="upper left", fontsize=7, ncol=3)
     return _save(fig, path, tight=False)
+
+
+MAX_FLEET_BARS = 40  # the noisiest assets shown in the alarm-rate chart
+
+
+def fleet_alarm_rates(fleet: pd.DataFrame, path: Path) -> Path:
+    """Alarm rate (flagged / scored rows) per asset, noisiest first (``fleet.csv`` rows)."""
+    shown = fleet.dropna(subset=["alarm_rate"]).sort_values("alarm_rate", ascending=False).head(MAX_FLEET_BARS)
+    fig, ax = plt.subplots(figsize=(7, 0.3 * max(len(shown), 3) + 1))
+    ax.barh(shown["asset"].astype(str)[::-1], 100 * shown["alarm_rate"][::-1], color="tab:red", alpha=0.8)
+    ax.set_xlabel("alarm rate (% of scored rows flagged)")
+    ax.set_title(f"alarm rate per asset, noisiest first ({len(shown)} of {len(fleet)} assets)")
+    return _save(fig, path)
+
+
+def fleet_timeline(events: pd.DataFrame, assets: list[str], path: Path) -> Path:
+    """Events over time, one line per asset (fleet ``anomalies.csv`` rows)."""
+    fig, ax = plt.subplots(figsize=(9, 0.3 * max(len(assets), 3) + 1))
+    position = {asset: i for i, asset in enumerate(assets)}
+    for event in events.itertuples(index=False):
+        start, end = pd.Timestamp(event.start), pd.Timestamp(event.end)
+        ax.plot([start, end], [position[event.asset]] * 2, lw=6, color="tab:red", solid_capstyle="butt")
+        ax.plot([start], [position[event.asset]], "|", color="tab:red", ms=10)
+    ax.set_yticks(range(len(assets)), assets)
+    ax.set_ylim(-1, len(assets))
+    ax.set_xlabel("time (UTC)")
+    ax.set_title(f"{len(events)} event(s) on {events['asset'].nunique() if len(events) else 0} of {len(assets)} assets")
+    return _save(fig, path)

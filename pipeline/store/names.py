@@ -16,6 +16,7 @@ QUALITY_FILE = "quality.json"
 VALIDATED_FILE = "validated.parquet"
 SCORES_PLOT = "scores.png"
 RUN_MANIFEST = "run.json"
+FLEET_FILE = "fleet.csv"  # fleets: one row per asset
 
 # --state of run
 STATE_FILE = "state.json"
@@ -37,6 +38,8 @@ INPUT_PATHS_ARTIFACT = "input_paths.json"  # the files a run read, when too long
 QUARANTINE_ARTIFACT = QUARANTINE_FILE
 TRAINING_CURVES_PLOT = "training_curves.png"
 HOLDOUT_ERRORS_PLOT = "holdout_errors.png"
+FLEET_ALARM_PLOT = "fleet_alarm_rates.png"
+FLEET_TIMELINE_PLOT = "fleet_events_timeline.png"
 PLOTS_FOLDER = "plots"
 DATA_FOLDER = "data"
 BUNDLE_FOLDER = "bundle"  # the bundle among the pyfunc model's artifacts

@@ -68,6 +68,7 @@ class RunState:
     files: dict[str, FileRecord] = field(default_factory=dict)
     quarantined: dict[str, Quarantined] = field(default_factory=dict)
     carry: dict[str, Any] | None = None  # ``stream.Carry.to_dict()``
+    carries: dict[str, dict[str, Any]] = field(default_factory=dict)  # fleets: asset -> its carry
     runs: list[str] = field(default_factory=list)  # committed run folders, oldest first
     unmerged: list[str] = field(default_factory=list)  # committed runs not yet in --out/anomalies.csv
 
@@ -77,6 +78,7 @@ class RunState:
             "files": {name: rec.__dict__ for name, rec in self.files.items()},
             "quarantined": {name: rec.__dict__ for name, rec in self.quarantined.items()},
             "carry": self.carry,
+            "carries": self.carries,
             "runs": self.runs,
             "unmerged": self.unmerged,
         }
@@ -112,6 +114,7 @@ def _parse_state(path: Path) -> RunState:
             files={str(name): FileRecord(**rec) for name, rec in data["files"].items()},
             quarantined={str(name): Quarantined(**rec) for name, rec in data["quarantined"].items()},
             carry=data["carry"],
+            carries={str(asset): carry for asset, carry in data.get("carries", {}).items()},
             runs=[str(run) for run in data["runs"]],
             unmerged=[str(run) for run in data.get("unmerged", [])],
         )
@@ -119,6 +122,8 @@ def _parse_state(path: Path) -> RunState:
         raise InputError(f"{path}: not a valid state ({type(exc).__name__}: {exc}); {hint}") from None
     if state.carry is not None and not isinstance(state.carry, dict):
         raise InputError(f"{path}: not a valid state ('carry' is {type(state.carry).__name__}); {hint}")
+    if not all(isinstance(carry, dict) for carry in state.carries.values()):
+        raise InputError(f"{path}: not a valid state (an asset's carry is not a mapping); {hint}")
     return state
 
 

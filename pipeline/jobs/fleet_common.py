@@ -1,0 +1,83 @@
+"""What the fleet jobs share: registry naming, the per-asset tasks the engine runs, the fleet's MLflow summary.
+
+Registry naming: asset ``A`` of fleet ``NAME`` is the registered model ``NAME--<asset_key(A)>``
+(``pipeline.data.assets.asset_key``: the id itself when it is made of ``A-Z a-z 0-9 . _ -``), with
+the tags ``fleet=NAME`` and ``asset=A`` on the model and each version, so the MLflow UI filters
+a fleet with ``tags.fleet = 'NAME'`` and one asset with ``tags.asset = 'A'``. Each has its own
+``@champion`` and ``@challenger``.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import IngestConfig
+from pipeline.data.assets import asset_key
+from pipeline.data.ingest import IngestResult
+from pipeline.detector.bundle import load_bundle
+from pipeline.detector.fitting import FitReport, fit_bundle
+from pipeline.detector.scoring import RowScores, flag_events, score_rows
+from pipeline.reports import plots
+from pipeline.reports.fleet import fleet_table
+from pipeline.store import atomic
+from pipeline.store.names import FLEET_ALARM_PLOT, FLEET_FILE, FLEET_TIMELINE_PLOT, PLOTS_FOLDER
+from pipeline.tracking import Tracker
+
+FLEET_TAG = "fleet"
+ASSET_TAG = "asset"
+FLEET_INGEST_TAG = "fleet_ingest"  # how a fleet command named its assets (promote --asset reads it back)
+
+
+def asset_model_name(fleet: str, asset: str) -> str:
+    """The registered model name of one asset of a fleet."""
+    return f"{fleet}--{asset_key(asset)}"
+
+
+def asset_tags(fleet: str, asset: str) -> dict[str, str]:
+    return {FLEET_TAG: fleet, ASSET_TAG: asset}
+
+
+def fleet_ingest_tag(ingest: IngestConfig) -> dict[str, str]:
+    return {FLEET_INGEST_TAG: json.dumps({"asset_column": ingest.asset_column, "asset_folders": ingest.asset_folders})}
+
+
+def fit_asset_task(result: IngestResult, config, in_period: np.ndarray | None, folder: str) -> FitReport:
+    """Worker task: fit one asset's bundle and save it in ``folder``."""
+    bundle, fit = fit_bundle(result, config, in_period)
+    bundle.save(Path(folder))
+    return fit
+
+
+def score_asset_task(folder: str, table: pd.DataFrame, batch_size: int | None = None) -> tuple[RowScores, np.ndarray]:
+    """Worker task: one asset's row scores and event numbers with the bundle saved in ``folder``."""
+    bundle = load_bundle(Path(folder))
+    rows = score_rows(bundle, table, batch_size)
+    return rows, flag_events(bundle, rows)
+
+
+def log_fleet_summary(tracker: Tracker, summaries, events: pd.DataFrame, out_dir: Path | None = None) -> pd.DataFrame:
+    """``fleet.csv`` (written to ``out_dir`` when given) with its alarm-rate chart and event timeline, on the active run."""
+    table = fleet_table(summaries)
+    with tempfile.TemporaryDirectory(prefix="fleet-") as tmp:
+        folder = Path(tmp)
+        path = atomic.write_csv(table, (out_dir or folder) / FLEET_FILE)
+        tracker.log_artifact(path)
+        tracker.log_artifact(plots.fleet_alarm_rates(table, folder / FLEET_ALARM_PLOT), PLOTS_FOLDER)
+        timeline = plots.fleet_timeline(events, list(table["asset"]), folder / FLEET_TIMELINE_PLOT)
+        tracker.log_artifact(timeline, PLOTS_FOLDER)
+    noisiest = table.dropna(subset=["alarm_rate"]).sort_values("alarm_rate", ascending=False).head(3)
+    tracker.log_metrics(
+        {
+            "assets": len(table),
+            "assets_ok": int((table["status"] == "ok").sum()),
+            "rows_flagged": float(table["rows_flagged"].sum()),
+            "events": float(table["events"].sum()),
+        }
+    )
+    tracker.set_tags({"noisiest_assets": ", ".join(f"{a} ({r:.1%})" for a, r in zip(noisiest["asset"], noisiest["alarm_rate"]))})
+    return table

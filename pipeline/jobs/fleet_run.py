@@ -1,0 +1,156 @@
+"""The scheduled ``run`` for a fleet: one lock and one state folder, one stream per asset.
+
+Each asset keeps its own carry (context rows, held-back rows, open event) in ``state.json``, so
+cutting an asset's series into files changes none of its scores. An asset without a model is
+trained as soon as its normal data is long enough (on every readable file so far); until then
+its rows are written with the reason in ``status``. A file that cannot be read is quarantined
+alone; an asset whose rows cannot be validated is set aside alone; the rest is processed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import PipelineConfig
+from pipeline.data.assets import read_normal_periods, split_by_column, split_by_folder
+from pipeline.data.files import RawSource
+from pipeline.data.fleet import read_fleet, set_aside_whole, validate_asset
+from pipeline.detector.stream import Carry
+from pipeline.errors import InputError
+from pipeline.jobs.common import load_registered
+from pipeline.jobs.fleet_common import asset_model_name, log_fleet_summary
+from pipeline.jobs.fleet_train import train_assets
+from pipeline.jobs.run import RunContext, RunOutcome, ScoredBatch, run_job
+from pipeline.jobs.run_outputs import RunFolder, publish_run_folder
+from pipeline.jobs.run_settings import batch_settings
+from pipeline.reports.fleet import AssetSummary, fleet_events, fleet_scores_schema, fleet_table, set_aside_batches, with_asset
+from pipeline.store.state import Kind
+
+log = logging.getLogger(__name__)
+
+
+def run_fleet_job(*args, **options) -> RunOutcome:
+    """``run_job`` (same arguments) with one stream per asset (``ingest.asset_column`` or ``ingest.asset_folders``)."""
+    return run_job(*args, process=process_fleet, **options)
+
+
+def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_given: bool, retrain: bool) -> RunOutcome:
+    tracker, state = job.tracker, job.state
+    quarantined = [(c.name, c.note) for c in candidates if c.kind == Kind.CHANGED]
+    sources = job.read_new(candidates, config.ingest, quarantined)
+    pieces, rejected = _split(sources, config, quarantined)
+
+    # Models: each asset's champion; an asset without one (or all, on --retrain) trains first.
+    champions = {a: load_registered(tracker, asset_model_name(job.model_name, a)) for a in pieces if _registered(job, a)}
+    summaries = {a: AssetSummary(a, rows_in=sum(len(p.frame) for p in pieces[a])) for a in pieces}
+    trained = None
+    files = [(c.name, c.path) for c in candidates if c.kind == Kind.PROCESSED or c.name in sources]
+    history = read_fleet(files, config.ingest).pieces if retrain or any(a not in champions for a in pieces) else {}
+    untrained = sorted(history) if retrain else sorted(a for a in pieces if a not in champions)
+    if untrained:
+        periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
+        fitted = train_assets(tracker, job.model_name, {a: history[a] for a in untrained if a in history}, config, periods, files)
+        for asset, summary in fitted.items():
+            if summary.status != "ok":
+                summaries[asset].status = f"waiting for a model: {summary.status.removeprefix('not trained: ')}"
+            elif asset not in champions:
+                champions[asset] = load_registered(tracker, asset_model_name(job.model_name, asset))
+        trained = fitted
+
+    # Score each asset's new rows after its own carry.
+    batches: dict[str, ScoredBatch] = {}
+    set_aside = [rejected]
+    for asset in sorted(pieces):
+        if asset not in champions:
+            set_aside.append(set_aside_whole(asset, pieces[asset], f"asset {asset}: {summaries[asset].status}"))
+            continue
+        bundle, version = champions[asset]
+        settings = batch_settings(config if config_given else bundle.config, bundle, warn=config_given)
+        try:
+            loaded = validate_asset(asset, pieces[asset], settings.ingest, bundle.sensors, bundle.timestamp_column)
+        except InputError as exc:
+            summaries[asset].status = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"
+            set_aside.append(set_aside_whole(asset, pieces[asset], f"asset {asset} {summaries[asset].status}"))
+            continue
+        carry = Carry.from_dict(state.carries[asset]) if asset in state.carries else None
+        batch = batches[asset] = job.score_stream(bundle, version, settings, loaded.result, carry)
+        summary = summaries[asset]
+        summary.model_version, summary.threshold = version, bundle.threshold.value
+        summary.rows_scored = int(pd.notna(batch.step.score).sum())
+        summary.rows_set_aside, summary.rows_flagged = len(batch.checked.rejected), int((batch.step.event > 0).sum())
+        summary.events = len(batch.step.events)
+
+    rejected = pd.concat([f for f in set_aside if len(f)] or [rejected], ignore_index=True)
+    folder = None
+    if pieces or len(rejected):
+        folder = publish_run_folder(
+            job.out_dir, job.run_id, _folder(job, batches, rejected, summaries, candidates, sources, quarantined)
+        )
+    job.commit(candidates, sources, quarantined, folder, {asset: b.step.carry for asset, b in batches.items()})
+
+    outcome = RunOutcome(job.run_id, folder, candidates, quarantined, None, model_version="per asset")
+    outcome.rows_in = sum(s.rows_in for s in summaries.values()) + len(set_aside[0])
+    outcome.rows_written = sum(b.rows_written for b in batches.values()) + len(rejected)
+    outcome.rows_held = sum(b.step.rows_held for b in batches.values())
+    outcome.rows_flagged = sum(s.rows_flagged for s in summaries.values())
+    outcome.events = sum(s.events for s in summaries.values())
+    outcome.problems = [f"asset {s.asset}: {s.status}" for s in summaries.values() if s.status != "ok"]
+    if len(set_aside[0]):
+        outcome.problems.append(f"{len(set_aside[0])} row(s) set aside: {set_aside[0]['status'].value_counts().to_dict()}")
+    outcome.fleet_trained = trained
+    if folder is not None:
+        log_fleet_summary(tracker, summaries.values(), fleet_events({a: b.events_frame() for a, b in batches.items()}))
+    return outcome
+
+
+def _registered(job: RunContext, asset: str) -> bool:
+    return job.tracker.latest_version(asset_model_name(job.model_name, asset)) is not None
+
+
+def _split(
+    sources: dict[str, RawSource], config: PipelineConfig, quarantined: list
+) -> tuple[dict[str, list[RawSource]], pd.DataFrame]:
+    """The new rows regrouped by asset; a file no asset can be named for is quarantined."""
+    if config.ingest.asset_folders:
+        by_folder, unplaced = split_by_folder([(name, Path(name)) for name in sources])
+        quarantined += unplaced
+        return {a: [sources[name] for name, _ in files] for a, files in by_folder.items()}, split_by_column([], "").rejected
+    usable = []
+    for name, source in sources.items():
+        if config.ingest.asset_column in source.frame.columns:
+            usable.append(source)
+        else:
+            quarantined.append((name, f"asset column '{config.ingest.asset_column}' not found"))
+    split = split_by_column(usable, config.ingest.asset_column)
+    return split.sources, split.rejected
+
+
+def _folder(job: RunContext, batches, rejected, summaries, candidates, sources, quarantined) -> RunFolder:
+    sensors = list(dict.fromkeys(s for b in batches.values() for s in b.bundle.sensors))
+    schema = fleet_scores_schema(sensors)
+    contents = {asset: batch.folder({}) for asset, batch in batches.items()}
+
+    def scores():
+        for asset, content in contents.items():
+            yield from with_asset(content.scores, asset, schema)
+        yield from set_aside_batches(rejected, schema)
+
+    manifest = {
+        "run_id": job.run_id,
+        "model_name": job.model_name,
+        "files": {c.name: {"kind": c.kind, "from_row": c.skip_rows, "digest": c.digest} for c in candidates if c.name in sources},
+        "quarantined_files": dict(quarantined),
+        "assets": {asset: {"model_version": b.version, "rows": b.counts} for asset, b in batches.items()},
+        "rows_set_aside_without_model": len(rejected),
+    }
+    return RunFolder(
+        scores=scores(),
+        scores_schema=schema,
+        events=fleet_events({asset: content.events for asset, content in contents.items()}),
+        quality={asset: content.quality for asset, content in contents.items()},
+        manifest=manifest,
+        fleet=fleet_table(summaries.values()),
+    )

@@ -1,0 +1,141 @@
+"""``train`` for a fleet: one model, scaler, threshold and error normalisation per asset.
+
+The assets are fitted in parallel (``pipeline.engines.local``), then logged and registered here,
+one nested MLflow run per asset under one parent run with the fleet table. An asset that cannot
+be trained (too little normal data, unusable rows) is reported in ``fleet.csv``; the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import PipelineConfig, to_yaml
+from pipeline.data.assets import NormalPeriods, asset_key, read_normal_periods
+from pipeline.data.files import discover_files
+from pipeline.data.fleet import read_fleet, validate_asset
+from pipeline.data.loading import LoadedInput
+from pipeline.detector.fitting import normal_mask, rows_needed
+from pipeline.engines.local import Failed, map_assets
+from pipeline.errors import InputError
+from pipeline.jobs.common import describe_inputs
+from pipeline.jobs.fleet_common import (
+    asset_model_name,
+    asset_tags,
+    fit_asset_task,
+    fleet_ingest_tag,
+    log_fleet_summary,
+)
+from pipeline.jobs.train import log_training_input, record_fit
+from pipeline.reports.fleet import AssetSummary, fleet_events
+from pipeline.store import atomic
+from pipeline.store.names import BUNDLE_FOLDER, CONFIG_ARTIFACT, QUARANTINE_ARTIFACT
+from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FleetOutcome:
+    """What a fleet command did: ``fleet.csv``'s rows and the problems that make it exit 2."""
+
+    run_id: str
+    fleet: pd.DataFrame
+    problems: list[str]  # one line each: an asset not trained or scored, a file or rows set aside
+
+
+def train_fleet_job(inputs: list[str | Path], config: PipelineConfig, model_name: str, tracking_uri: str | None) -> FleetOutcome:
+    """Train and register one model per asset of the inputs (``ingest.asset_column`` or ``ingest.asset_folders``)."""
+    tracker = Tracker(tracking_uri, model_name)
+    files = discover_files(inputs)
+    periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
+    run_name = f"train fleet {model_name} {describe_inputs(inputs)}"
+    tags = {"model_name": model_name, "fleet": model_name, **fleet_ingest_tag(config.ingest)}
+    with tracker.run("train", run_name=run_name, tags=tags) as run_id:
+        tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
+        tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
+        fleet = read_fleet(files, config.ingest)
+        problems = [f"{name}: {reason}" for name, reason in fleet.unplaced]
+        if len(fleet.rejected):
+            problems.append(f"{len(fleet.rejected)} row(s) set aside: {fleet.rejected['status'].value_counts().to_dict()}")
+            with tempfile.TemporaryDirectory() as tmp:
+                tracker.log_artifact(atomic.write_csv(fleet.rejected, Path(tmp) / QUARANTINE_ARTIFACT))
+        summaries = train_assets(tracker, model_name, fleet.pieces, config, periods, files)
+        for summary in summaries.values():
+            if summary.status != "ok":
+                problems.append(f"asset {summary.asset}: {summary.status}")
+        table = log_fleet_summary(tracker, summaries.values(), fleet_events({}))
+    log.info("trained %d of %d asset(s) of fleet %s", int((table["status"] == "ok").sum()), len(table), model_name)
+    return FleetOutcome(run_id, table, problems)
+
+
+def train_assets(
+    tracker: Tracker,
+    model_name: str,
+    pieces: dict[str, list],
+    config: PipelineConfig,
+    periods: NormalPeriods | None,
+    files: list[tuple[str, Path]],
+) -> dict[str, AssetSummary]:
+    """Fit the assets that have enough normal data (in parallel), then log and register each in a nested run."""
+    summaries: dict[str, AssetSummary] = {}
+    loaded, tasks = {}, {}
+    with tempfile.TemporaryDirectory(prefix="fleet-bundles-") as bundles:
+        for asset in sorted(pieces):
+            ready = _ready_to_fit(asset, pieces[asset], config, periods, summaries)
+            if ready is not None:
+                loaded[asset] = ready
+                in_period = periods.mask(asset, ready.result.table["timestamp"]) if periods else None
+                tasks[asset] = (ready.result, config, in_period, str(Path(bundles) / asset_key(asset) / BUNDLE_FOLDER))
+        fits = map_assets(fit_asset_task, tasks, config.engine.workers)
+        for asset, fit in fits.items():
+            if isinstance(fit, Failed):
+                summaries[asset].status = f"not trained: {fit.reason}"
+                continue
+            summaries[asset] = _register(tracker, model_name, asset, loaded[asset], Path(tasks[asset][3]), fit, config, files)
+    return summaries
+
+
+def _ready_to_fit(asset, pieces, config: PipelineConfig, periods: NormalPeriods | None, summaries) -> LoadedInput | None:
+    """The asset's validated stream when it has enough normal rows to train; else its summary says why."""
+    rows_in = sum(len(p.frame) for p in pieces)
+    summaries[asset] = AssetSummary(asset, rows_in=rows_in)
+    try:
+        loaded = validate_asset(asset, pieces, config.ingest)
+    except InputError as exc:
+        summaries[asset].status = f"not trained: {str(exc).removeprefix(f'asset {asset}: ')}"
+        summaries[asset].rows_set_aside = rows_in
+        return None
+    table = loaded.result.table
+    summaries[asset].rows_set_aside = len(loaded.result.rejected)
+    in_period = periods.mask(asset, table["timestamp"]) if periods else None
+    normal, needed = int(normal_mask(table, config, in_period).sum()), rows_needed(config)
+    if normal < needed:
+        summaries[asset].status = f"not trained: {normal} normal rows, {needed} needed"
+        return None
+    return loaded
+
+
+def _register(tracker, model_name, asset, loaded: LoadedInput, folder: Path, fit, config, files) -> AssetSummary:
+    """One nested run for the asset: its input, losses, threshold and registered version."""
+    registered = asset_model_name(model_name, asset)
+    tags = {"model_name": registered, **asset_tags(model_name, asset)}
+    paths = [path for name, path in files if name in set(loaded.sources)]
+    with tracker.run("train", run_name=f"train {registered}", tags=tags, nested=True) as run_id:
+        tracker.log_params({"asset": asset, "registered_model": registered})
+        log_training_input(tracker, loaded, paths)
+        outcome = record_fit(tracker, loaded, folder, fit, config, registered, run_id, asset_tags(model_name, asset))
+    return AssetSummary(
+        asset,
+        model_version=outcome.model_version,
+        threshold=outcome.threshold,
+        rows_in=outcome.rows_in,
+        rows_scored=outcome.rows_scored,
+        rows_set_aside=len(loaded.result.rejected),
+        rows_flagged=outcome.rows_flagged,
+        events=outcome.events,
+    )

@@ -1,0 +1,304 @@
+"""Fleets: an asset column or asset folders, a model per asset, odd asset ids, parallel workers.
+
+One fleet of tiny assets is trained once per module through the real command line (real
+TensorFlow, real sqlite store); the tests score it in several layouts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.cli import main
+from pipeline.config import PipelineConfig
+from pipeline.data.assets import MAX_ASSET_ID, asset_key, asset_problem, read_normal_periods
+from pipeline.detector.fitting import normal_mask
+from pipeline.errors import InputError
+from pipeline.sample_data import generate
+from tests.conftest import TINY_CONFIG_YAML, TINY_FAULTS, TINY_NORMAL_UNTIL
+
+ODD = "Pumpe Ü/2"  # a space, a slash and a non-ASCII letter
+ASSETS = ["P-101", "../etc", ODD]
+LONG_ID = "x" * (MAX_ASSET_ID + 1)
+
+
+def _frames() -> dict[str, pd.DataFrame]:
+    frames = {asset: generate(days=1, seed=3 + i, faults=TINY_FAULTS if i != 1 else []) for i, asset in enumerate(ASSETS)}
+    frames["short"] = generate(days=1, seed=9, faults=[]).iloc[:10]  # far too few normal rows to train
+    return frames
+
+
+def _long_table(frames: dict[str, pd.DataFrame], seed: int = 0) -> pd.DataFrame:
+    rows = pd.concat([f.assign(asset=a) for a, f in frames.items()], ignore_index=True)
+    bad = frames["P-101"].iloc[:3].assign(asset=["", "  ", LONG_ID])  # ids that cannot be used
+    return pd.concat([rows, bad], ignore_index=True).sample(frac=1, random_state=seed)[["asset", *frames["P-101"].columns]]
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _scores(folder: Path) -> pd.DataFrame:
+    frame = pd.read_csv(folder / "scores.csv", dtype={"asset": str}, keep_default_na=False, na_values=[""])
+    return frame.sort_values(["asset", "timestamp", "status"], kind="stable").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fleet")
+    frames = _frames()
+    _long_table(frames).to_csv(root / "plant.csv", index=False)
+    config = root / "tiny.yaml"
+    config.write_text(TINY_CONFIG_YAML + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    code = main(["train", "--input", str(root / "plant.csv"), "--asset-column", "asset", "--config", str(config),
+                 "--model-name", "plant", "--tracking-uri", uri, "--workers", "1"])  # fmt: skip
+    return {"root": root, "frames": frames, "uri": uri, "config": config, "train_code": code}
+
+
+def test_a_model_per_asset_and_a_short_asset_reported_not_dropped(fleet):
+    assert fleet["train_code"] == 2  # the short asset and the unusable ids
+    client = MlflowClient(fleet["uri"])
+    models = {m.tags["asset"]: m for m in client.search_registered_models(filter_string="tags.fleet = 'plant'")}
+    assert sorted(models) == sorted(ASSETS)
+    for asset, model in models.items():
+        assert model.name == f"plant--{asset_key(asset)}" and "/" not in model.name and " " not in model.name
+        assert {k: str(v) for k, v in model.aliases.items()} == {"champion": "1"}
+    parent = client.search_runs(
+        [client.get_experiment_by_name("plant").experiment_id], "tags.stage = 'train' and tags.fleet = 'plant'"
+    )
+    table = pd.read_csv(client.download_artifacts([r for r in parent if "asset" not in r.data.tags][0].info.run_id, "fleet.csv"))
+    short = table.set_index("asset").loc["short"]
+    assert short["status"] == f"not trained: 10 normal rows, {_needed()} needed"
+    assert (table.set_index("asset").loc[ASSETS, "status"] == "ok").all()
+
+
+def _needed() -> int:
+    from pipeline.detector.fitting import rows_needed
+    from tests.conftest import tiny_config
+
+    return rows_needed(tiny_config())
+
+
+def test_score_uses_each_assets_threshold_and_keeps_every_row(fleet, tmp_path, capsys):
+    code, out, err = _cli(capsys, "score", "--input", str(fleet["root"] / "plant.csv"), "--asset-column", "asset",
+                          "--out", str(tmp_path / "out"), "--model-name", "plant", "--tracking-uri", fleet["uri"])  # fmt: skip
+    assert code == 2 and "asset short: not scored" in err, err
+    scores = _scores(tmp_path / "out")
+    assert len(scores) == sum(len(f) for f in fleet["frames"].values()) + 3  # one row per input row
+    assert list(pd.read_csv(tmp_path / "out" / "scores.csv", nrows=0).columns[:2]) == ["asset", "source"]
+    fleet_table = pd.read_csv(tmp_path / "out" / "fleet.csv").set_index("asset")
+    for asset in ASSETS:
+        rows = scores[scores["asset"] == asset]
+        assert rows["threshold"].nunique() == 1 and rows["threshold"].iloc[0] == pytest.approx(
+            fleet_table.loc[asset, "threshold"]
+        )
+        assert rows["status"].isna().all() and rows["score"].notna().sum() == len(fleet["frames"][asset]) - 7
+    assert fleet_table["threshold"].dropna().nunique() == len(ASSETS)  # each asset its own threshold
+    short = scores[scores["asset"] == "short"]
+    assert len(short) == 10 and short["score"].isna().all() and short["status"].str.contains("no registered model").all()
+    unnamed = scores[scores["asset"].isna() | (scores["asset"].str.strip() == "") | (scores["asset"] == LONG_ID)]
+    assert len(unnamed) == 3 and set(unnamed["status"]) == {"empty asset id", f"asset id longer than {MAX_ASSET_ID} characters"}
+    events = pd.read_csv(tmp_path / "out" / "anomalies.csv")
+    assert list(events.columns[:2]) == ["asset", "event_id"] and set(events["asset"]) <= set(ASSETS)
+    assert not events.duplicated(["asset", "event_id"]).any()
+
+
+def test_shuffling_rows_across_assets_and_folder_layout_change_no_score(fleet, tmp_path, capsys):
+    shuffled = tmp_path / "shuffled.csv"
+    _long_table(fleet["frames"], seed=7).to_csv(shuffled, index=False)
+    folders = tmp_path / "landing"
+    for asset, frame in fleet["frames"].items():
+        if asset == ODD or asset == "../etc":
+            continue  # not folder names
+        (folders / asset).mkdir(parents=True)
+        frame.iloc[:700].to_csv(folders / asset / "a.csv", index=False)
+        frame.iloc[700:].to_csv(folders / asset / "b.csv", index=False)
+    args = ["--model-name", "plant", "--tracking-uri", fleet["uri"]]
+    _cli(
+        capsys,
+        "score",
+        "--input",
+        str(fleet["root"] / "plant.csv"),
+        "--asset-column",
+        "asset",
+        "--out",
+        str(tmp_path / "a"),
+        *args,
+    )
+    _cli(capsys, "score", "--input", str(shuffled), "--asset-column", "asset", "--out", str(tmp_path / "b"), *args)
+    code, _, err = _cli(capsys, "score", "--input", str(folders), "--asset-folders", "--out", str(tmp_path / "c"), *args)
+    assert code == 2, err  # "short" has no model
+    reference, reshuffled, by_folder = (_scores(tmp_path / name) for name in "abc")
+    pd.testing.assert_frame_equal(reference.drop(columns="source"), reshuffled.drop(columns="source"))
+    columns = ["asset", "timestamp", "score", "anomaly", "event_id"]
+    for asset in ("P-101",):
+        want = reference[reference["asset"] == asset][columns].reset_index(drop=True)
+        got = by_folder[by_folder["asset"] == asset][columns].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, want)
+
+
+def test_two_workers_train_and_score_exactly_as_one(fleet, tmp_path, capsys):
+    frames = {a: f for a, f in _frames().items() if a in ("P-101", "../etc")}
+    plant = tmp_path / "two.csv"
+    pd.concat([f.assign(asset=a) for a, f in frames.items()]).to_csv(plant, index=False)
+    results = {}
+    for workers in ("1", "2"):
+        uri = f"sqlite:///{tmp_path / workers / 'mlflow.db'}"
+        common = ["--model-name", "two", "--tracking-uri", uri, "--workers", workers, "--asset-column", "asset"]
+        code, _, err = _cli(capsys, "train", "--input", str(plant), "--config", str(fleet["config"]), *common)
+        assert code == 0, err
+        code, _, err = _cli(capsys, "score", "--input", str(plant), "--out", str(tmp_path / workers / "out"), *common)
+        assert code == 0, err
+        results[workers] = _scores(tmp_path / workers / "out")
+    pd.testing.assert_frame_equal(results["1"], results["2"])
+
+
+def test_promote_one_assets_challenger(fleet, tmp_path, capsys):
+    store = tmp_path / "mlflow.db"
+    shutil.copy(Path(fleet["uri"].removeprefix("sqlite:///")), store)
+    uri = f"sqlite:///{store}"
+    one = tmp_path / "p101.csv"
+    fleet["frames"]["P-101"].assign(asset="P-101").to_csv(one, index=False)
+    code, _, err = _cli(capsys, "train", "--input", str(one), "--asset-column", "asset", "--config", str(fleet["config"]),
+                        "--model-name", "plant", "--tracking-uri", uri, "--workers", "1")  # fmt: skip
+    assert code == 0, err
+    client = MlflowClient(uri)
+    assert _aliases(client, "plant--P-101") == {"champion": "1", "challenger": "2"}
+    code, out, err = _cli(capsys, "promote", "--model-name", "plant", "--asset", "P-101", "--force", "--tracking-uri", uri)
+    assert code == 0 and "plant asset P-101 version 2 holds @champion" in out, err
+    assert _aliases(client, "plant--P-101") == {"champion": "2"}
+    assert _aliases(client, f"plant--{asset_key('../etc')}") == {"champion": "1"}
+
+
+def _aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return {k: str(v) for k, v in client.get_registered_model(name).aliases.items()}
+
+
+@pytest.mark.parametrize(
+    "asset, problem",
+    [("", "empty asset id"), ("   ", "empty asset id"), (None, "empty asset id"), (LONG_ID, "longer than")],
+)
+def test_unusable_asset_ids_are_named(asset, problem):
+    assert problem in asset_problem(asset)
+
+
+@pytest.mark.parametrize("asset", ["pump/1", "..", ".", "../../etc/passwd", "P 101", "Pumpe-Ü", "a\\b", "x" * MAX_ASSET_ID])
+def test_asset_keys_are_safe_and_distinct(asset):
+    key = asset_key(asset)
+    assert key not in (".", "..") and all(c.isascii() and (c.isalnum() or c in "._-~") for c in key)
+    assert len(key) <= 60 and key != asset_key(asset + "_")
+    assert Path("out", key).resolve().parent == Path("out").resolve()
+
+
+def test_plain_ids_are_their_own_key():
+    assert asset_key("P-101") == "P-101" and asset_key("pump_3.b") == "pump_3.b"
+
+
+def test_normal_periods_per_asset_and_the_commissioning_stretch(tmp_path):
+    path = tmp_path / "periods.csv"
+    path.write_text("asset,start,end\nP-1,2026-10-01 00:00,2026-10-01 06:00\nP-1,2026-10-01T10:00:00+02:00,2026-10-01 09:00\n")
+    periods = read_normal_periods(path)
+    table = pd.DataFrame({"timestamp": pd.date_range("2026-10-01", periods=12, freq="h", tz="UTC")})
+    expected = np.array([1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0], bool)  # [00, 06) and [08, 09) UTC
+    returned = normal_mask(table, PipelineConfig(), periods.mask("P-1", table["timestamp"]))
+    np.testing.assert_array_equal(returned, expected)
+    assert periods.mask("P-2", table["timestamp"]) is None
+    first = PipelineConfig.model_validate({"training": {"normal_first": "3h"}})
+    np.testing.assert_array_equal(normal_mask(table, first), np.arange(12) < 3)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("asset,begin,end\n", "column 'start' not found"),
+        ("asset,start,end\nP-1,yesterday,2026-10-02\n", "row 1, column 'start': cannot parse 'yesterday'"),
+        ("asset,start,end\nP-1,2026-10-02,2026-10-01\n", "row 1: start is not before end"),
+        ("asset,start,end\n,2026-10-01,2026-10-02\n", "row 1: empty asset id"),
+    ],
+)
+def test_bad_normal_periods_file_names_row_and_column(tmp_path, text, message):
+    path = tmp_path / "periods.csv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_normal_periods(path)
+
+
+def _run(args: list[str], crash_at: str | None = None) -> tuple[int, str]:
+    """``anomaly-pipeline run`` as a child process (so it can be killed with SIGKILL at a checkpoint)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if crash_at:
+        env["PIPELINE_TEST_CRASH_AT"] = crash_at
+    done = subprocess.run([sys.executable, "-m", "pipeline", "run", *args], env=env, capture_output=True, text=True)
+    return done.returncode, "\n".join(line for line in done.stderr.splitlines() if line.startswith("error:"))
+
+
+def _run_scores(out: Path) -> pd.DataFrame:
+    frames = [pd.read_csv(p, dtype={"asset": str}) for p in sorted(out.glob("2*/scores.csv"))]
+    frame = pd.concat(frames, ignore_index=True).drop(columns="source")
+    return frame.sort_values(["asset", "timestamp", "status"], kind="stable").reset_index(drop=True)
+
+
+def test_fleet_run_is_incremental_crash_safe_and_picks_up_a_new_asset(fleet, tmp_path):
+    """Two files (a new asset appears in the second) give the scores of one run over both, also
+    when the second run is killed after writing its outputs and started again."""
+    frames = {a: fleet["frames"][a] for a in ("P-101", "../etc")}
+    frames["P-201"] = generate(days=1, seed=21, faults=TINY_FAULTS)
+    rows = (
+        pd.concat([f.assign(asset=a) for a, f in frames.items()]).sort_values("timestamp", kind="stable").reset_index(drop=True)
+    )
+    first = rows[(rows["asset"] != "P-201") & (rows["timestamp"] < "2026-10-01 16:00")]
+    second = rows.drop(first.index)
+    results = {}
+    for name, crash in (("whole", None), ("split", None), ("killed", "after_outputs")):
+        root = tmp_path / name
+        (root / "in").mkdir(parents=True)
+        shutil.copy(Path(fleet["uri"].removeprefix("sqlite:///")), root / "mlflow.db")
+        args = ["--input", str(root / "in"), "--out", str(root / "out"), "--state", str(root / "state"),
+                "--asset-column", "asset", "--config", str(fleet["config"]), "--model-name", "plant",
+                "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--workers", "1"]  # fmt: skip
+        if name == "whole":
+            pd.concat([first, second]).to_csv(root / "in" / "all.csv", index=False)
+        else:
+            first.to_csv(root / "in" / "part0.csv", index=False)
+            assert _run(args) == (0, "")
+            second.to_csv(root / "in" / "part1.csv", index=False)
+            if crash:
+                assert _run(args, crash)[0] == -9
+        code, err = _run(args)
+        assert code == 0, err
+        results[name] = _run_scores(root / "out")
+        events = pd.read_csv(root / "out" / "anomalies.csv")
+        assert not events.duplicated(["asset", "event_id"]).any() and "P-201" in set(events["asset"])
+    assert len(results["whole"]) == len(rows) and results["whole"]["status"].isna().all()
+    for name in ("split", "killed"):
+        pd.testing.assert_frame_equal(results[name], results["whole"], rtol=1e-5)
+
+
+def test_fleet_run_sets_a_bad_asset_aside_and_processes_the_others(fleet, tmp_path, capsys):
+    root = tmp_path
+    (root / "in").mkdir()
+    shutil.copy(Path(fleet["uri"].removeprefix("sqlite:///")), root / "mlflow.db")
+    good = fleet["frames"]["P-101"].assign(asset="P-101")
+    broken = fleet["frames"]["../etc"].assign(asset="../etc", motor_current="offline")  # a model sensor all text
+    pd.concat([good, broken]).to_csv(root / "in" / "part0.csv", index=False)
+    code, _, err = _cli(capsys, "run", "--input", str(root / "in"), "--out", str(root / "out"), "--state", str(root / "state"),
+                        "--asset-column", "asset", "--config", str(fleet["config"]), "--model-name", "plant",
+                        "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--workers", "1")  # fmt: skip
+    assert code == 2 and "asset ../etc: not scored" in err, err
+    scores = _run_scores(root / "out")
+    assert scores[scores["asset"] == "P-101"]["score"].notna().sum() == len(good) - 7
+    aside = scores[scores["asset"] == "../etc"]
+    assert len(aside) == len(broken) and aside["score"].isna().all() and aside["status"].str.contains("not scored").all()
