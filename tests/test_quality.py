@@ -152,6 +152,8 @@ def test_report_of_a_clean_file(tmp_path):
     assert returned["sensors"]["a"] == {
         "missing_share": 0.0,
         "filled_values": 0,
+        "held_values": 0,
+        "interval_seconds": 1.0,
         "flatline_runs": 0,
         "longest_flatline_rows": 1,
         "flatlined": False,

@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
+from pipeline.data.tall import pivot_tall
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class RawSource:
     frame: pd.DataFrame
     digest: str
     row_offset: int = 0  # file row of the frame's first row (the new rows of an appended file)
+    row_numbers: np.ndarray | None = None  # file row of each frame row, when not consecutive (a pivoted tall file)
+    set_aside: pd.DataFrame | None = None  # rows set aside while reading (``source, row, timestamp, status``)
+    counts: dict[str, int] = field(default_factory=dict)  # what reading counted (a tall file's readings)
 
 
 def discover_files(paths: list[str | Path]) -> list[tuple[str, Path]]:
@@ -103,6 +108,10 @@ def read_source(name: str, path: Path, config: IngestConfig) -> RawSource:
         ) from None
     if table.num_rows == 0:
         raise InputError(f"{path}: no data rows (header only)")
+    if config.layout == "tall":  # one row per reading: pivoted on the Arrow columns, never cell by cell
+        frame, row_numbers, set_aside, counts = pivot_tall(table, name, config)
+        del table
+        return RawSource(name, frame, file_digest(path), row_numbers=row_numbers, set_aside=set_aside, counts=counts)
     try:
         frame = table.to_pandas(split_blocks=True, self_destruct=True)
     except (pa.ArrowException, UnicodeDecodeError) as exc:  # e.g. a Latin-1 header: not UTF-8
