@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--timestamp-column", metavar="COL", help="default: first column that parses as datetimes")
     train.add_argument("--normal-until", metavar="TS", help="rows strictly before this time are normal")
     train.add_argument("--label-column", metavar="COL", help="rows whose label is 0 are normal")
+    train.add_argument(
+        "--allow-set-aside",
+        action="store_true",
+        default=None,
+        help="train even when more than ingest.max_set_aside_share of a file's rows were set aside",
+    )
     _common(train)
 
     score = commands.add_parser("score", help="score files with the registered model and write scores.csv and anomalies.csv")
@@ -128,6 +134,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
         _print_score(outcome)
+        _print_warnings(outcome.warnings)
         return 0
     config = load_config(args.config)
     if args.command == "promote":
@@ -149,11 +156,13 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "ingest.timestamp_column": args.timestamp_column,
                 "ingest.label_column": args.label_column,
                 "training.normal_until": args.normal_until,
+                "training.allow_set_aside": args.allow_set_aside,
             },
         )
         from pipeline.jobs.train import train_job
 
         outcome = train_job(args.input, config, args.model_name, args.tracking_uri)
+        _print_warnings(outcome.warnings)
         print(
             f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})"
         )
@@ -204,6 +213,7 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
         )
     elif not outcome.quarantined:
         print(f"nothing new in {args.input}")
+    _print_warnings(outcome.warnings)
     for name, reason in outcome.quarantined:
         print(f"error: quarantined {name}: {reason}", file=sys.stderr)
     return 2 if outcome.quarantined else 0
@@ -215,6 +225,12 @@ def _print_score(outcome) -> None:
         f"{outcome.rows_flagged} flagged in {outcome.events} event(s)\n"
         f"report: {outcome.out_dir / 'anomalies.csv'} (per-row scores: {outcome.out_dir / 'scores.csv'})"
     )
+
+
+def _print_warnings(lines: list[str]) -> None:
+    """One ``warning:`` line on stderr per file with more than ingest.max_set_aside_share set aside."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _print_benchmark(summary: dict, out: Path) -> None:

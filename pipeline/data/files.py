@@ -41,6 +41,41 @@ class RawSource:
     counts: dict[str, int] = field(default_factory=dict)  # what reading counted (a tall file's readings)
 
 
+def file_rows(source: RawSource) -> int:
+    """Data rows of the file read (readings of a tall file), counting the rows skipped before it."""
+    if "tall_readings" in source.counts:
+        return source.counts["tall_readings"]
+    return source.row_offset + len(source.frame)
+
+
+def skip_rows(source: RawSource, rows: int) -> RawSource:
+    """The source without its first ``rows`` file rows (already processed rows of an appended file).
+
+    For a pivoted tall file: the wide rows whose first reading is later, the readings set aside
+    later, and the reading counts recounted from those.
+    """
+    if source.row_numbers is None:
+        frame = source.frame.iloc[rows:].reset_index(drop=True)
+        return RawSource(source.name, frame, source.digest, row_offset=rows, counts=source.counts)
+    keep = source.row_numbers >= rows
+    aside = source.set_aside[source.set_aside["row"] >= rows].reset_index(drop=True)
+    kinds = {
+        "bad_quality": "bad quality",
+        "duplicate_readings": "duplicate reading",
+        "conflicting_readings": "conflicting reading",
+    }
+    counts = {key: int(aside["status"].str.startswith(text).sum()) for key, text in kinds.items()}
+    counts["tall_readings"] = source.counts.get("tall_readings", 0)
+    return RawSource(
+        source.name,
+        source.frame[keep].reset_index(drop=True),
+        source.digest,
+        row_numbers=source.row_numbers[keep],
+        set_aside=aside,
+        counts=counts,
+    )
+
+
 def discover_files(paths: list[str | Path]) -> list[tuple[str, Path]]:
     """Expand files and folders into ``(source name, path)`` pairs, folders recursively.
 

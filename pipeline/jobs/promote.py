@@ -116,7 +116,11 @@ def promote_job(
 def _figures(bundle: ModelBundle, files: list[tuple[str, Path]], label_column: str | None) -> dict[str, float]:
     """One version's gate figures on the files, scored as ``score`` scores them."""
     loaded = load_input(
-        files, scoring_ingest(bundle, label_column), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column
+        files,
+        scoring_ingest(bundle, label_column),
+        sensors=bundle.sensors,
+        timestamp_column=bundle.timestamp_column,
+        **bundle.input_hints(),
     )
     table = loaded.result.table
     rows = score_rows(bundle, table, progress=True)

@@ -7,20 +7,20 @@ is ``pipeline.detector.stream``; what is written under ``--out`` is ``pipeline.j
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
 
 from pipeline.config import PipelineConfig
-from pipeline.data.files import RawSource, discover_files, read_source
+from pipeline.data.files import RawSource, discover_files, file_rows, read_source, skip_rows
 from pipeline.data.ingest import IngestResult, validate
 from pipeline.data.quality import quality_figures, quality_report
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.scoring import RowScores
 from pipeline.detector.stream import Carry, StreamStep, advance, set_aside_late
 from pipeline.errors import InputError
-from pipeline.jobs.common import load_registered
+from pipeline.jobs.common import load_registered, warn_set_aside
 from pipeline.jobs.run_outputs import RunFolder, publish_run_folder, update_cumulative_anomalies
 from pipeline.jobs.run_settings import batch_settings
 from pipeline.jobs.train import TrainOutcome, train_into
@@ -61,6 +61,7 @@ class RunOutcome:
     rows_flagged: int = 0
     events: int = 0
     dry_run: bool = False
+    warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
 
     @property
     def processed(self) -> list[Candidate]:
@@ -174,7 +175,7 @@ class _Run:
                 quarantined.append((c.name, _reason(c.name, exc)))
                 continue
             if c.skip_rows:
-                raw = RawSource(c.name, raw.frame.iloc[c.skip_rows :].reset_index(drop=True), raw.digest, row_offset=c.skip_rows)
+                raw = skip_rows(raw, c.skip_rows)
             sources[c.name] = raw
 
         # A version trained here becomes @champion only when there was none (else @challenger).
@@ -202,6 +203,7 @@ class _Run:
         outcome = RunOutcome(self.run_id, folder, candidates, quarantined, trained, model_version=version)
         if batch is not None:
             self._log_batch(outcome, batch, settings, bundle, sources, quarantined, folder)
+            outcome.warnings = warn_set_aside(tracker, batch.quality)
         return outcome
 
     def _train(self, candidates, sources, quarantined, config: PipelineConfig) -> TrainOutcome:
@@ -219,7 +221,7 @@ class _Run:
         carry = self.carry.for_sensors(bundle.sensors) if self.carry else Carry.empty(bundle.sensors)
         checked = set_aside_late(result, carry.last_timestamp_ns)
         if len(checked.table):
-            quality = quality_report(checked, settings.ingest.flatline_rows)
+            quality = quality_report(checked, settings.ingest.flatline_rows, settings.ingest.max_set_aside_share)
         else:
             quality = {"rows": checked.counts, "sources": sorted(set(checked.rejected["source"]))}
         step = advance(bundle, checked.table, carry, settings.events, settings.scoring.batch_size)
@@ -245,7 +247,7 @@ class _Run:
         bad = dict(quarantined)
         for c in candidates:
             if c.name in sources and c.name not in bad:
-                total_rows = c.skip_rows + len(sources[c.name].frame)
+                total_rows = file_rows(sources[c.name])
                 state.files[c.name] = FileRecord(c.digest, c.size, total_rows, folder.name if folder else "", now)
                 state.quarantined.pop(c.name, None)
         digests = {c.name: c.digest for c in candidates}
@@ -347,7 +349,9 @@ def _validate_batch(
         return None, []
 
     def check(group: list[RawSource]) -> IngestResult:
-        return validate(group, settings.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+        return validate(
+            group, settings.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
+        )
 
     try:
         return check(sources), []

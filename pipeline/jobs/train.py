@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import serving
@@ -14,7 +14,8 @@ from pipeline.data.loading import load_input
 from pipeline.data.quality import quality_figures
 from pipeline.detector.bundle import load_bundle
 from pipeline.detector.fitting import fit_bundle
-from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded
+from pipeline.errors import InputError
+from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded, warn_set_aside
 from pipeline.reports import describe, plots
 from pipeline.store import atomic
 from pipeline.store.names import (
@@ -41,6 +42,7 @@ class TrainOutcome:
     model_version: str
     threshold: float
     rows: dict[str, int]
+    warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
 
 
 def train_job(inputs: list[str | Path], config: PipelineConfig, model_name: str, tracking_uri: str | None) -> TrainOutcome:
@@ -64,6 +66,12 @@ def train_into(
     tracker.log_dict(loaded.quality, QUALITY_ARTIFACT)
     tracker.log_metrics(quality_figures(loaded.quality))
     log_dataset(tracker, loaded, files, f"train {describe_inputs(paths)}", "training")
+    # A model trained on a fraction of its data is not what the user thinks it is: stop unless allowed.
+    over = loaded.quality.get("set_aside_over_limit", [])
+    if over and not config.training.allow_set_aside:
+        more = f" (and {len(over) - 1} more file(s))" if len(over) > 1 else ""
+        raise InputError(f"{over[0]}{more}; to train on the rest anyway, pass --allow-set-aside (training.allow_set_aside)")
+    warnings = warn_set_aside(tracker, loaded.quality)
 
     bundle, fit = fit_bundle(loaded.result, config)
     tracker.log_history(fit.history)
@@ -118,4 +126,4 @@ def train_into(
         )
     )
     log.info("registered %s version %s as @%s (threshold %.5g)", model_name, version, alias, threshold.value)
-    return TrainOutcome(run_id=run_id, model_version=version, threshold=threshold.value, rows=fit.rows)
+    return TrainOutcome(run_id=run_id, model_version=version, threshold=threshold.value, rows=fit.rows, warnings=warnings)
