@@ -56,6 +56,7 @@ def _settings(args: argparse.Namespace) -> PipelineConfig:
             "ingest.label_column": getattr(args, "label_column", None) if args.command == "train" else None,
             "training.normal_until": getattr(args, "normal_until", None),
             "training.normal_periods": getattr(args, "normal_periods", None),
+            "training.allow_set_aside": getattr(args, "allow_set_aside", None),
             "ingest.asset_column": getattr(args, "asset_column", None),
             "ingest.asset_folders": getattr(args, "asset_folders", None) or None,
             "engine.workers": getattr(args, "workers", None),
@@ -79,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--normal-until", metavar="TS", help="rows strictly before this time are normal")
     train.add_argument("--label-column", metavar="COL", help="rows whose label is 0 are normal")
     _fleet(train, periods=True)
+    train.add_argument(
+        "--allow-set-aside",
+        action="store_true",
+        default=None,
+        help="train even when more than ingest.max_set_aside_share of a file's rows were set aside",
+    )
     _common(train)
 
     score = commands.add_parser("score", help="score files with the registered model and write scores.csv and anomalies.csv")
@@ -163,7 +170,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
-        _print_score(score_job(args.input, Path(args.out), args.model_name, args.tracking_uri))
+        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
+        _print_score(outcome)
+        _print_warnings(outcome.warnings)
     elif args.command == "promote":
         from pipeline.jobs.promote import promote_job
 
@@ -182,6 +191,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from pipeline.jobs.train import train_job
 
         outcome = train_job(args.input, config, args.model_name, args.tracking_uri)
+        _print_warnings(outcome.warnings)
         print(
             f"trained {args.model_name} version {outcome.model_version}: threshold {outcome.threshold:.6g} (run {outcome.run_id})"
         )
@@ -266,6 +276,7 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
         )
     elif not outcome.quarantined:
         print(f"nothing new in {args.input}")
+    _print_warnings(outcome.warnings)
     for name, reason in outcome.quarantined:
         print(f"error: quarantined {name}: {reason}", file=sys.stderr)
     for problem in outcome.problems:
@@ -279,6 +290,12 @@ def _print_score(outcome) -> None:
         f"{outcome.rows_flagged} flagged in {outcome.events} event(s)\n"
         f"report: {outcome.out_dir / 'anomalies.csv'} (per-row scores: {outcome.out_dir / 'scores.csv'})"
     )
+
+
+def _print_warnings(lines: list[str]) -> None:
+    """One ``warning:`` line on stderr per file with more than ingest.max_set_aside_share set aside."""
+    for line in lines:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _print_benchmark(summary: dict, out: Path) -> None:

@@ -11,7 +11,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import pandas as pd
 import yaml
 from pydantic import (
     BaseModel,
@@ -57,6 +56,43 @@ class IngestConfig(_Section):
     def fleet(self) -> bool:
         return bool(self.asset_column or self.asset_folders)
 
+    # Timestamps (issue 16): one format per column, decided from the whole column.
+    timestamp_format: str | None = None  # a strftime pattern, used exactly (default: decided from the values)
+    dayfirst: bool | None = None  # numeric dates such as 02.01.2026: true = 2 January, false = February 1
+    # Sensors at different rates: a slower sensor's reading holds until its next one (its own
+    # interval, measured at training); or, with ``resample`` (a pandas offset such as "1min"),
+    # every sensor is put on one grid with an aggregate per bin ("mean" or "last", or a mapping
+    # sensor -> aggregate for the sensors that differ from "mean").
+    resample: str | None = None
+    resample_aggregate: Literal["mean", "last"] | dict[str, Literal["mean", "last"]] = "mean"
+    # Tall (historian) exports: one row per reading, pivoted to one row per timestamp.
+    layout: Literal["wide", "tall"] = "wide"
+    tag_column: str | None = None  # tall: the column naming the sensor of a reading
+    value_column: str | None = None  # tall: the column holding its value
+    quality_column: str | None = None  # tall: optional quality flag of a reading
+    good_quality: list[str] = Field(default_factory=lambda: ["good", "192"])  # quality values that mean good (any case)
+    # A file with more than this share of its rows set aside is named in one line (train stops).
+    max_set_aside_share: float = Field(default=0.2, ge=0, le=1)
+
+    @field_validator("resample")
+    @classmethod
+    def _offset(cls, value: str | None) -> str | None:
+        if value is not None:
+            import pandas as pd  # only when a grid is asked for: the CLI parses arguments without pandas
+
+            try:
+                offset = pd.tseries.frequencies.to_offset(value)
+                pd.Timedelta(offset)
+            except (ValueError, TypeError):
+                raise ValueError("must be a fixed time step such as '1min', '10s' or '1h'") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tall_columns(self) -> IngestConfig:
+        if self.layout == "tall" and (not self.tag_column or not self.value_column):
+            raise ValueError("layout 'tall' needs ingest.tag_column and ingest.value_column")
+        return self
+
 
 class TrainingConfig(_Section):
     """Which rows are normal and how they are split."""
@@ -84,6 +120,8 @@ class TrainingConfig(_Section):
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
         if value is not None:
+            import pandas as pd  # the CLI parses arguments without pandas
+
             try:
                 ok = pd.Timedelta(value) > pd.Timedelta(0)
             except ValueError:
@@ -91,6 +129,9 @@ class TrainingConfig(_Section):
             if not ok:
                 raise ValueError("must be a positive duration, e.g. '7D' or '12h'")
         return value
+
+    # Train even when more than ingest.max_set_aside_share of a file's rows were set aside (--allow-set-aside).
+    allow_set_aside: bool = False
 
 
 class FeaturesConfig(_Section):

@@ -61,7 +61,9 @@ def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAUL
         InputError: a column is missing or no row is usable.
     """
     raw = RawSource(name=source, frame=frame.reset_index(drop=True), digest="")
-    result = validate([raw], scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    result = validate(
+        [raw], scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
+    )
     rows = score_rows(bundle, result.table)
     out = scores_table(result, rows, flag_events(bundle, rows), bundle.threshold.value, [source]).to_pandas()
     out["status"] = out["status"].fillna("").astype(object)

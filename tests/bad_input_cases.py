@@ -29,6 +29,7 @@ class Case:
     build: Callable[[pd.DataFrame], str | bytes]  # the tiny frame -> file content
     code: int  # expected exit code
     config: str = ""  # YAML added to the run config
+    model: str = "pump"  # another name: the run trains a model of that name on the case's file first
 
 
 def _csv(frame: pd.DataFrame, **kwargs) -> str:
@@ -176,6 +177,117 @@ CASES = [
 ]
 
 
+# ----------------------------------------------------------------------- issue 16: plant data as it comes
+def _dated(frame: pd.DataFrame, pattern: str, start: str | None = None) -> pd.DataFrame:
+    """The base rows with timestamps written with ``pattern``, moved to begin at ``start``."""
+    out = _base(frame)
+    stamps = pd.to_datetime(out["timestamp"])
+    if start is not None:
+        stamps = stamps - stamps.iloc[0] + pd.Timestamp(start)
+    out["timestamp"] = stamps.dt.strftime(pattern)
+    return out
+
+
+def _mixed_rates(frame: pd.DataFrame, rows: int = 3000) -> pd.DataFrame:
+    """Two sensors every minute and one every 10 minutes (its other cells empty, as historians export)."""
+    rng = np.random.default_rng(16)
+    minutes = np.arange(rows)
+    out = pd.DataFrame({"timestamp": pd.date_range("2026-10-01", periods=rows, freq="1min").astype(str)})
+    out["flow_rate"] = 50 + 5 * np.sin(2 * np.pi * minutes / 720) + rng.normal(0, 0.3, rows)
+    out["motor_current"] = 30 + 2 * np.sin(2 * np.pi * minutes / 720 + 1) + rng.normal(0, 0.2, rows)
+    slow = 60 + 3 * np.sin(2 * np.pi * minutes / 1440) + rng.normal(0, 0.1, rows)
+    out["bearing_temperature"] = np.where(minutes % 10 == 0, slow, np.nan)
+    return out
+
+
+def _tall(frame: pd.DataFrame, quality: bool = False) -> pd.DataFrame:
+    """The base rows as a historian writes them: one row per reading (timestamp, tag, value[, quality])."""
+    wide = _base(frame)
+    tall = wide.melt(id_vars="timestamp", var_name="tag", value_name="value")
+    tall = tall.sort_values("timestamp", kind="stable").reset_index(drop=True)
+    if quality:
+        tall["quality"] = np.resize(["Good", "good", "192"], len(tall))
+        bad = (tall["tag"] == "motor_current") & tall["timestamp"].isin(wide["timestamp"].iloc[15::18].head(10))
+        tall.loc[bad, "quality"] = "Bad"
+    return tall
+
+
+TALL = "ingest: {layout: tall, tag_column: tag, value_column: value}"
+ISSUE_16_CASES = [
+    Case(
+        "dayfirst_deciding",
+        "day-first dates 12.10.2026 22:00 .. 13.10.2026: a day above 12 decides the column",
+        lambda f: _csv(_dated(f, "%d.%m.%Y %H:%M", "2026-10-12 22:00")),
+        0,
+    ),
+    Case(
+        "dayfirst_ambiguous",
+        "day-first dates 01.10.2026 only (fit both readings, nothing decides) -> file quarantined naming the settings",
+        lambda f: _csv(_dated(f, "%d.%m.%Y %H:%M")),
+        2,
+    ),
+    Case(
+        "timestamp_format_given",
+        "the same ambiguous dates with ingest.timestamp_format -> read exactly so",
+        lambda f: _csv(_dated(f, "%d/%m/%Y %H:%M:%S")),
+        0,
+        "ingest: {timestamp_format: '%d/%m/%Y %H:%M:%S'}",
+    ),
+    Case(
+        "us_month_first",
+        "US dates 10/12/2026 10:00:00 PM .. 10/13/2026: a second field above 12 decides month-first",
+        lambda f: _csv(_dated(f, "%m/%d/%Y %I:%M:%S %p", "2026-10-12 22:00")),
+        0,
+    ),
+    Case(
+        "bom_crlf_semicolon_decimal_comma",
+        "UTF-8 BOM, CRLF, ';', decimal comma, quoted day-first dates, with ingest.decimal=','",
+        lambda f: "\ufeff" + _csv(_dated(f, "%d.%m.%Y %H:%M", "2026-10-12 22:00"), sep=";", decimal=",", lineterminator="\r\n"),
+        0,
+        "ingest: {decimal: ','}",
+    ),
+    Case("utf8_bom", "a UTF-8 byte-order mark before the header -> read as without", lambda f: "\ufeff" + _csv(_base(f)), 0),
+    Case("crlf_line_ends", "Windows line ends (CRLF) -> read as LF", lambda f: _csv(_base(f), lineterminator="\r\n"), 0),
+    Case("quoted_fields", "every field quoted -> read as unquoted", lambda f: _csv(_base(f), quoting=1), 0),
+    Case(
+        "mixed_rates_held",
+        "2 sensors every 1 min, 1 every 10 min (3,000 rows): the slow one held to its next reading, not set aside",
+        lambda f: _csv(_mixed_rates(f)),
+        0,
+        model="mixed",
+    ),
+    Case(
+        "mixed_rates_resampled",
+        "the same with ingest.resample=1min (mean per sensor and bin), then held",
+        lambda f: _csv(_mixed_rates(f)),
+        0,
+        "ingest: {resample: 1min}",
+        model="mixed_resampled",
+    ),
+    Case(
+        "tall_export",
+        "a tall export (timestamp, tag, value) -> pivoted, scores equal to the wide file",
+        lambda f: _csv(_tall(f)),
+        0,
+        TALL,
+    ),
+    Case(
+        "tall_with_quality",
+        "a tall export with a quality column, 10 readings 'Bad' -> set aside, their cells filled",
+        lambda f: _csv(_tall(f, quality=True)),
+        0,
+        "ingest: {layout: tall, tag_column: tag, value_column: value, quality_column: quality}",
+    ),
+    Case(
+        "set_aside_60_percent",
+        "text in a sensor in 60 % of the rows -> scored all the same, with a one-line warning and a run tag",
+        lambda f: _csv(_set(f, range(0, 120), "motor_current", "ERR")),
+        0,
+    ),
+]
+CASES += ISSUE_16_CASES
+
+
 def run_case(case: Case, frame: pd.DataFrame, root: Path, uri: str, config_text: str) -> dict:
     """Run one case; returns exit code, stderr's error lines, counts and the run's files."""
     (root / "in").mkdir(parents=True)
@@ -201,18 +313,31 @@ def run_case(case: Case, frame: pd.DataFrame, root: Path, uri: str, config_text:
                 "--config",
                 str(config),
                 "--model-name",
-                "pump",
+                case.model,
                 "--tracking-uri",
                 uri,
             ]
         )
     folders = sorted(p for p in (root / "out").iterdir() if p.is_dir()) if (root / "out").exists() else []
-    result = {"code": code, "errors": [line for line in err.getvalue().splitlines() if line.startswith("error:")], "counts": {}}
+    lines = err.getvalue().splitlines()
+    result = {
+        "code": code,
+        "errors": [line for line in lines if line.startswith("error:")],
+        "warnings": [line for line in lines if line.startswith("warning:")],
+        "counts": {},
+    }
     if folders:
         result["counts"] = json.loads((folders[0] / "run.json").read_text())["rows"]
         result["quality"] = json.loads((folders[0] / "quality.json").read_text())
         result["scores"] = pd.read_csv(folders[0] / "scores.csv")
     return result
+
+
+def _warned(line: str) -> str:
+    """'60% set aside, main reason: unparseable value' from a set-aside warning line."""
+    share = line.split(" of its rows set aside", 1)[0].rsplit(" ", 1)[-1]
+    reason = line.split("main reason: ", 1)[1].split(" (", 1)[0]
+    return f"{share} set aside, main reason: {reason}"
 
 
 def describe(case: Case, result: dict) -> str:
@@ -228,6 +353,12 @@ def describe(case: Case, result: dict) -> str:
         "missing_run_too_long",
         "ambiguous_time",
         "late_rows",
+        "unparseable_timestamp",
+        "rows_held",
+        "rows_resampled",
+        "bad_quality",
+        "duplicate_readings",
+        "conflicting_readings",
     ]
     extra = ", ".join(f"{k}={counts[k]}" for k in keys if counts.get(k))
     flat = [s for s, v in result["quality"].get("sensors", {}).items() if v["flatlined"]]
@@ -240,6 +371,7 @@ def describe(case: Case, result: dict) -> str:
         + (f"  [{extra}]" if extra else "")
         + (f"  flatlined={flat}" if flat else "")
         + (f"  ignored={ignored}" if ignored else "")
+        + (f"  warned: {_warned(result['warnings'][0])}" if result.get("warnings") else "")
     )
 
 

@@ -266,3 +266,55 @@ def test_model_trained_on_labels_scores_unlabelled_data(tmp_path, tiny_frame, tr
     )
     assert code == 0, err
     assert "model version 1" in out and len(pd.read_csv(tmp_path / "out" / "scores.csv")) == len(tiny_frame)
+
+
+def test_train_stops_when_most_rows_are_set_aside_unless_allowed_and_score_warns(tmp_path, tiny_frame, tracking_uri, capsys):
+    """Issue 16: 60 % of the rows set aside -> train exits 2 naming it; --allow-set-aside trains; score warns and tags."""
+    # motor_current missing in runs of 30 rows (longer than max_fill_rows), 60 % of the rows.
+    frame = tiny_frame.assign(motor_current=tiny_frame["motor_current"].where((tiny_frame.index // 10) % 5 >= 3))
+    frame.to_csv(tmp_path / "bad.csv", index=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("features: {window_size: 8}\nmodel: {filters: [8], latent_dim: 4, epochs: 1}\n")
+    train = [
+        "train",
+        "--input",
+        str(tmp_path / "bad.csv"),
+        "--config",
+        str(config),
+        "--model-name",
+        "pump",
+        "--tracking-uri",
+        tracking_uri,
+    ]
+
+    code, _, err = in_process(*train, capsys=capsys)
+
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2
+    assert line.startswith("error: bad.csv: 60% of its rows set aside (870 of 1440), more than ingest.max_set_aside_share=0.2")
+    assert "main reason: missing value (870 rows); sensors logged at different rates?" in line and line.endswith(
+        "pass --allow-set-aside (training.allow_set_aside)"
+    )
+
+    code, _, err = in_process(*train, "--allow-set-aside", capsys=capsys)
+    assert code == 0, err
+    assert [x for x in err.splitlines() if x.startswith("warning: bad.csv: 60% of its rows set aside")]
+
+    code, _, err = in_process(
+        "score",
+        "--input",
+        str(tmp_path / "bad.csv"),
+        "--out",
+        str(tmp_path / "out"),
+        "--model-name",
+        "pump",
+        "--tracking-uri",
+        tracking_uri,
+        capsys=capsys,
+    )
+    assert code == 0, err
+    assert [x for x in err.splitlines() if x.startswith("warning: bad.csv: 60% of its rows set aside (870 of 1440)")]
+    assert len(pd.read_csv(tmp_path / "out" / "scores.csv")) == len(tiny_frame)  # every row reported
+    client, runs = _runs(tracking_uri)
+    tags = {r.data.tags.get("stage"): r.data.tags.get("set_aside_over_limit", "") for r in runs if r.info.status == "FINISHED"}
+    assert tags["score"].startswith("bad.csv: 60% of its rows set aside") and tags["train"].startswith("bad.csv: 60%")

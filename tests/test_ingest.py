@@ -21,6 +21,8 @@ from pipeline.data.files import (
     sniff_delimiter,
 )
 from pipeline.data.ingest import IngestResult, missing_runs, validate
+from pipeline.data.rates import repair_missing, resample_table, sensor_intervals, slower_sensors
+from pipeline.data.timeformat import decide_format
 from pipeline.errors import InputError
 
 HEADER = "timestamp,a,b\n"
@@ -879,4 +881,208 @@ def test_header_that_is_not_utf8_is_a_clear_error(tmp_path):
 
     with pytest.raises(InputError, match=r"a\.csv: cannot be read.*UTF-8") as info:
         ingest([path])
+    assert one_line(str(info.value))
+
+
+# ----------------------------------------------------------------------------- issue 16: dates, rates, tall files
+
+
+def text_column(*values: str | None) -> pd.Series:
+    return pd.Series(values, dtype="string")
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (("01.01.2026 23:59", "02.01.2026 00:00", "13.01.2026 00:00"), ("%d.%m.%Y %H:%M", True)),  # a day above 12
+        (("01/02/2026 10:00:00 PM", "01/13/2026 12:00:00 AM"), ("%m/%d/%Y %I:%M:%S %p", False)),  # US, month first
+        (("01.01.26 00:00", "01.01.26 00:01"), ("%d.%m.%y %H:%M", True)),  # day and month equal: both readings agree
+        (("2026-01-02 00:00:00", "2026-01-13 00:00:00"), (None, None)),  # ISO 8601: pandas' own reading, as before
+    ],
+)
+def test_decide_format_reads_the_whole_column_one_way(values, expected):
+    returned = decide_format(text_column(*values), "a.csv", "t", IngestConfig())
+
+    assert (returned.pattern, returned.dayfirst) == expected
+
+
+def test_decide_format_of_values_that_fit_both_readings_names_file_column_row_and_settings():
+    with pytest.raises(InputError) as info:
+        decide_format(text_column("01.01.2026 00:00", "02.01.2026 00:00"), "a.csv", "t", IngestConfig())
+
+    message = str(info.value)
+    assert one_line(message)
+    assert message.startswith("a.csv: column 't' (row 2: '02.01.2026 00:00'): dates fit both day-first and month-first")
+    assert "ingest.dayfirst" in message and "ingest.timestamp_format (e.g. '%d.%m.%Y %H:%M')" in message
+
+
+def test_decide_format_takes_the_settings_then_the_models_order():
+    ambiguous = text_column("01.02.2026 00:00", "02.02.2026 00:00")
+
+    assert decide_format(ambiguous, "a", "t", IngestConfig(dayfirst=False)).pattern == "%m.%d.%Y %H:%M"
+    assert decide_format(ambiguous, "a", "t", IngestConfig(timestamp_format="%d.%m.%Y %H:%M")).pattern == "%d.%m.%Y %H:%M"
+    assert decide_format(ambiguous, "a", "t", IngestConfig(), dayfirst_hint=True).pattern == "%d.%m.%Y %H:%M"
+
+
+def test_day_first_dates_are_never_read_month_first(tmp_path):
+    path = write(tmp_path, "a.csv", rows("t;a", "01.01.2026 23:59;1,5", "02.01.2026 00:00;2,5", "13.01.2026 00:00;3,5"))
+
+    returned = ingest([path], IngestConfig(decimal=","))
+
+    assert returned.table["timestamp"].tolist() == utc("2026-01-01 23:59", "2026-01-02 00:00", "2026-01-13 00:00")
+    assert returned.timestamp_formats == {"a.csv": "%d.%m.%Y %H:%M (day-first: '13.01.2026 00:00' has a day above 12)"}
+    assert returned.dayfirst is True
+
+
+def test_a_value_that_does_not_fit_the_columns_format_is_set_aside(tmp_path):
+    path = write(tmp_path, "a.csv", rows("t,a", "13.01.2026 00:00,1", "01/14/2026 00:01,2", "14.01.2026 00:02,3"))
+
+    returned = ingest([path])
+
+    assert status_of(returned, 1) == "unparseable timestamp: does not fit the column's format '%d.%m.%Y %H:%M'"
+    assert returned.counts["unparseable_timestamp"] == 1
+    assert_rows_add_up(returned)
+
+
+def test_sensor_intervals_are_the_median_spacing_of_each_sensors_readings():
+    times = pd.date_range("2026-01-01", periods=30, freq="1min", tz="UTC")
+    table = pd.DataFrame({"timestamp": times, "fast": np.arange(30.0), "slow": np.where(np.arange(30) % 3 == 0, 1.0, np.nan)})
+
+    returned = sensor_intervals(table, ["fast", "slow"])
+
+    assert returned == {"fast": 60.0, "slow": 180.0}  # 10 readings 3 min apart
+    # Fewer than MIN_READINGS readings tell no interval of their own: the table's.
+    assert sensor_intervals(table.head(20), ["fast", "slow"]) == {"fast": 60.0, "slow": 60.0}
+
+
+def _slow_table(values: list[float | None]) -> pd.DataFrame:
+    n = len(values)
+    return pd.DataFrame(
+        {
+            "source": "a",
+            "row": np.arange(n),
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="1min", tz="UTC"),
+            "slow": np.array([np.nan if v is None else v for v in values]),
+        }
+    )
+
+
+def test_a_slower_sensor_holds_its_reading_until_the_next_for_its_own_interval():
+    # A reading every 3 minutes: the two rows after each reading hold it.
+    table = _slow_table([1, None, None, 2, None, None, 3, None])
+
+    out, rejected, filled, missing, held = repair_missing(table, ["slow"], max_fill_rows=1, slow={"slow": 180.0})
+
+    expected = [1, 1, 1, 2, 2, 2, 3, 3]
+    assert out["slow"].tolist() == expected
+    assert (held, filled, missing) == ({"slow": 5}, {"slow": 0}, {"slow": 5})
+    assert out["_held"].sum() == 5 and out["_repaired"].sum() == 0 and rejected.empty
+
+
+def test_a_slower_sensor_missing_more_readings_than_max_fill_rows_is_a_gap():
+    # Readings at 0 and 9 min, interval 3 min: readings at 3 and 6 missed (2 > max_fill_rows=1).
+    table = _slow_table([1, None, None, None, None, None, None, None, None, 4])
+
+    out, rejected, filled, missing, held = repair_missing(table, ["slow"], max_fill_rows=1, slow={"slow": 180.0})
+
+    assert out["slow"].tolist() == [1, 1, 1, 4]  # held for its own interval, then set aside
+    assert rejected["row"].tolist() == [3, 4, 5, 6, 7, 8]
+    assert rejected["status"].iloc[0] == (
+        "missing value in column 'slow' (no reading for 360 s, more than max_fill_rows=1 x its interval of 180 s)"
+    )
+    assert held == {"slow": 2}
+
+
+def test_a_slower_sensor_missing_one_reading_is_filled():
+    table = _slow_table([1, None, None, None, None, None, 3])  # the reading at 3 min is missing
+
+    out, rejected, filled, _, held = repair_missing(table, ["slow"], max_fill_rows=1, slow={"slow": 180.0})
+
+    assert out["slow"].tolist() == [1, 1, 1, 1, 1, 1, 3]
+    assert (held, filled) == ({"slow": 2}, {"slow": 3}) and rejected.empty
+
+
+def test_slower_sensors_are_those_above_one_and_a_half_table_intervals():
+    assert slower_sensors({"a": 60.0, "b": 90.0, "c": 600.0}, 60.0) == {"c": 600.0}
+
+
+def test_mixed_rates_are_held_in_validate_and_not_set_aside():
+    n = 100
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2026-01-01", periods=n, freq="1min").astype(str),
+            "fast": np.arange(n, dtype=float),
+            "slow": np.where(np.arange(n) % 10 == 0, np.arange(n) / 10, np.nan),
+        }
+    )
+
+    returned = validate([RawSource("a.csv", frame, "-")], IngestConfig())
+
+    assert returned.counts["rows_clean"] == n and returned.counts["rows_held"] == 90
+    assert returned.sensor_intervals == {"fast": 60.0, "slow": 600.0}
+    assert returned.table["slow"].tolist()[:12] == [0.0] * 10 + [1.0, 1.0]
+    # A model's intervals without the slow one (an old bundle): as before, the gaps are set aside.
+    old = validate([RawSource("a.csv", frame, "-")], IngestConfig(), intervals={})
+    assert old.counts["missing_run_too_long"] == 90  # 9 rows after each reading, more than max_fill_rows=5
+    assert_rows_add_up(returned)
+
+
+def test_resample_puts_rows_on_one_grid_with_an_aggregate_per_sensor():
+    times = pd.to_datetime(["2026-01-01 00:00:00", "2026-01-01 00:00:20", "2026-01-01 00:01:00", "2026-01-01 00:01:40"], utc=True)
+    table = pd.DataFrame(
+        {"source": "a", "row": np.arange(4), "timestamp": times, "m": [1.0, 3.0, 5.0, 7.0], "l": [1.0, np.nan, 5.0, 7.0]}
+    )
+
+    binned, merged = resample_table(table, ["m", "l"], "1min", {"l": "last"})
+
+    assert binned["timestamp"].tolist() == utc("2026-01-01 00:00", "2026-01-01 00:01")
+    assert binned["m"].tolist() == [2.0, 6.0] and binned["l"].tolist() == [1.0, 7.0]
+    assert binned["row"].tolist() == [0, 2]
+    assert merged["row"].tolist() == [1, 3]
+    assert merged["status"].iloc[0] == "resampled: merged into the 1min row at 2026-01-01T00:00:00Z"
+
+
+def test_tall_file_is_pivoted_with_duplicates_conflicts_and_bad_quality_set_aside(tmp_path):
+    path = write(
+        tmp_path,
+        "tall.csv",
+        rows(
+            "time,tag,value,q",
+            "2026-01-01 00:00,a,1.5,good",
+            "2026-01-01 00:00,b,10,192",
+            "2026-01-01 00:01,a,2.5,GOOD",
+            "2026-01-01 00:01,b,11,bad",
+            "2026-01-01 00:01,a,2.5,good",
+            "2026-01-01 00:02,a,3,good",
+            "2026-01-01 00:02,a,4,good",
+            "2026-01-01 00:02,b,12,good",
+        ),
+    )
+    config = IngestConfig(layout="tall", tag_column="tag", value_column="value", quality_column="q")
+
+    returned = ingest([path], config)
+
+    assert returned.sensors == ["a", "b"]
+    assert returned.table["a"].tolist() == [1.5, 2.5, 2.5]  # 00:02's a conflicts: set aside, the cell filled
+    assert returned.table["b"].tolist() == [10.0, 10.0, 12.0]  # 00:01's b is bad: set aside, the cell filled
+    assert returned.table["row"].tolist() == [0, 2, 7]  # a wide row keeps the file row of its first usable reading
+    assert status_of(returned, 3) == "bad quality 'bad' of tag 'b' (not in ingest.good_quality)"
+    assert status_of(returned, 4) == "duplicate reading: same tag, time and value as row 3"
+    assert status_of(returned, 5).startswith("conflicting reading") and status_of(returned, 6).startswith("conflicting reading")
+    counts = returned.counts
+    assert (counts["tall_readings"], counts["bad_quality"], counts["duplicate_readings"], counts["conflicting_readings"]) == (
+        8,
+        1,
+        1,
+        2,
+    )
+    assert counts["rows_in"] == 3 + 4  # wide rows + readings set aside
+    assert_rows_add_up(returned)
+
+
+def test_tall_file_without_its_tag_column_is_input_error(tmp_path):
+    path = write(tmp_path, "tall.csv", rows("time,name,value", "2026-01-01 00:00,a,1"))
+
+    with pytest.raises(InputError, match="tall.csv: tag column 'tag' not found") as info:
+        ingest([path], IngestConfig(layout="tall", tag_column="tag", value_column="value"))
     assert one_line(str(info.value))

@@ -17,6 +17,7 @@ from pipeline.data.quality import (
     quality_figures,
     quality_report,
     sampling_interval_seconds,
+    set_aside_warnings,
 )
 
 
@@ -152,6 +153,8 @@ def test_report_of_a_clean_file(tmp_path):
     assert returned["sensors"]["a"] == {
         "missing_share": 0.0,
         "filled_values": 0,
+        "held_values": 0,
+        "interval_seconds": 1.0,
         "flatline_runs": 0,
         "longest_flatline_rows": 1,
         "flatlined": False,
@@ -184,3 +187,33 @@ def test_sources_include_a_file_whose_rows_were_all_set_aside(tmp_path):
 
     assert returned["sources"] == ["1.csv", "2.csv"]
     assert returned["quarantine_reasons"] == {"duplicate": 2}
+
+
+def test_a_file_with_most_rows_set_aside_is_named_with_its_main_reason_and_a_setting(tmp_path):
+    values = ["x"] * 6 + [1, 2, 3, 4]  # 6 of 10 rows hold text in a sensor
+    text = csv("timestamp,a,b", list(range(10)), values, list(range(10)))
+    result = ingest_text(tmp_path, text, IngestConfig(sensors=["a", "b"]))
+
+    returned = set_aside_warnings(result, max_share=0.2)
+
+    expected = [
+        "a.csv: 60% of its rows set aside (6 of 10), more than ingest.max_set_aside_share=0.2; "
+        "main reason: unparseable value (6 rows); check ingest.decimal and ingest.delimiter, "
+        "or list the column in ingest.exclude_columns"
+    ]
+    assert returned == expected
+    assert set_aside_warnings(result, max_share=0.6) == []
+    assert quality_report(result, flatline_rows=60)["set_aside_over_limit"] == expected
+
+
+def test_the_report_records_the_timestamp_format_and_held_values(tmp_path):
+    lines = ["t,fast,slow"] + [
+        f"{13 + i // 1440:02d}.01.2026 {i // 60 % 24:02d}:{i % 60:02d},{i},{'' if i % 10 else i}" for i in range(100)
+    ]
+    result = ingest_text(tmp_path, "\n".join(lines) + "\n")
+
+    returned = quality_report(result, flatline_rows=60)
+
+    assert returned["timestamp_formats"] == {"a.csv": "%d.%m.%Y %H:%M (day-first: '13.01.2026 00:00' has a day above 12)"}
+    assert returned["sensors"]["slow"]["held_values"] == 90 and returned["sensors"]["slow"]["interval_seconds"] == 600.0
+    assert returned["rows"]["rows_held"] == 90 and returned["rows"]["rows_clean"] == 100

@@ -21,6 +21,7 @@ EXPECTED_REASON = {
     "binary": "binary content",
     "truncated": "line 201: expected 9 fields",
     "empty": "file is empty",
+    "dayfirst_ambiguous": "column 'timestamp' (row 1: '01.10.2026 00:00'): dates fit both day-first and month-first",
 }
 EXPECTED_COUNTS = {  # (clean, repaired, quarantined, counter, value)
     "base": (ROWS, 0, 0, None, 0),
@@ -36,7 +37,35 @@ EXPECTED_COUNTS = {  # (clean, repaired, quarantined, counter, value)
     "flatlined_sensor": (ROWS, 0, 0, None, 0),
     "mixed_time_zones_zone_given": (ROWS, 0, 0, None, 0),
     "ambiguous_local_time": (ROWS - 120, 0, 120, "ambiguous_time", 120),
+    "dayfirst_deciding": (ROWS, 0, 0, None, 0),
+    "timestamp_format_given": (ROWS, 0, 0, None, 0),
+    "us_month_first": (ROWS, 0, 0, None, 0),
+    "bom_crlf_semicolon_decimal_comma": (ROWS, 0, 0, None, 0),
+    "utf8_bom": (ROWS, 0, 0, None, 0),
+    "crlf_line_ends": (ROWS, 0, 0, None, 0),
+    "quoted_fields": (ROWS, 0, 0, None, 0),
+    "mixed_rates_held": (3000, 0, 0, "rows_held", 2700),
+    "mixed_rates_resampled": (3000, 0, 0, "rows_held", 2700),
+    "tall_export": (ROWS, 0, 0, "tall_readings", 8 * ROWS),
+    "tall_with_quality": (ROWS - 10, 10, 10, "bad_quality", 10),
+    "set_aside_60_percent": (ROWS - 120, 0, 120, "unparseable_value", 120),
 }
+SAME_SCORES_AS_BASE = {  # read another way, the same rows: the same scores
+    "columns_reordered",
+    "out_of_order",
+    "extra_columns",
+    "semicolon_decimal_comma",
+    "mixed_time_zones_zone_given",
+    "dayfirst_deciding",
+    "timestamp_format_given",
+    "us_month_first",
+    "bom_crlf_semicolon_decimal_comma",
+    "utf8_bom",
+    "crlf_line_ends",
+    "quoted_fields",
+    "tall_export",
+}
+WARNED = {"ambiguous_local_time", "set_aside_60_percent"}  # more than ingest.max_set_aside_share set aside
 
 
 @pytest.fixture(scope="module")
@@ -66,13 +95,7 @@ def test_bad_input_case(case, tmp_path, tiny_frame, store, base_scores):
     if counter:
         assert counts[counter] == value
     assert scores["status"].notna().sum() == quarantined  # every set-aside row keeps its row, with the reason
-    if case.name in (
-        "columns_reordered",
-        "out_of_order",
-        "extra_columns",
-        "semicolon_decimal_comma",
-        "mixed_time_zones_zone_given",
-    ):
+    if case.name in SAME_SCORES_AS_BASE:
         got = scores.sort_values("timestamp", kind="stable").reset_index(drop=True)
         np.testing.assert_allclose(got["score"], base_scores["score"], rtol=1e-5, equal_nan=True)
     if case.name == "text_in_numeric":
@@ -86,5 +109,25 @@ def test_bad_input_case(case, tmp_path, tiny_frame, store, base_scores):
         assert result["quality"]["ignored_columns"] == ["site", "spare"]
     if case.name == "ambiguous_local_time":
         assert scores["status"].dropna().str.startswith("ambiguous or nonexistent local time in Europe/Berlin").all()
+    assert bool(result["warnings"]) == (case.name in WARNED), result["warnings"]
+    if case.name == "set_aside_60_percent":
+        (line,) = result["warnings"]
+        assert "set_aside_60_percent.csv: 60% of its rows set aside (120 of 200)" in line
+        assert "main reason: unparseable value (120 rows)" in line and "ingest.decimal" in line
+        assert result["quality"]["set_aside_over_limit"] == [line[len("warning: ") :]]
+    if case.name in ("dayfirst_deciding", "bom_crlf_semicolon_decimal_comma"):
+        assert scores["timestamp"].iloc[[0, -1]].tolist() == ["2026-10-12T22:00:00Z", "2026-10-13T01:19:00Z"]
+        (described,) = result["quality"]["timestamp_formats"].values()
+        assert described == "%d.%m.%Y %H:%M (day-first: '13.10.2026 00:00' has a day above 12)"
+    if case.name == "us_month_first":
+        (described,) = result["quality"]["timestamp_formats"].values()
+        assert described.startswith("%m/%d/%Y %I:%M:%S %p (month-first: '10/13/2026 12:00:00 AM'")
+    if case.name.startswith("mixed_rates"):
+        assert scores["score"].notna().mean() >= 0.99  # at least 99 % of the rows scored
+        slow = result["quality"]["sensors"]["bearing_temperature"]
+        assert slow["held_values"] == 2700 and slow["interval_seconds"] == 600.0
+        assert result["quality"]["sensors"]["flow_rate"]["interval_seconds"] == 60.0
+    if case.name == "tall_with_quality":
+        assert scores["status"].dropna().str.startswith("bad quality 'Bad' of tag 'motor_current'").all()
     aside = scores["status"].notna()  # a set-aside row has no score and is never flagged
     assert scores.loc[aside, "score"].isna().all() and (scores.loc[aside, "anomaly"] == 0).all()

@@ -98,6 +98,17 @@ def test_fit_calibrates_on_held_out_windows_and_flags_the_faults(tiny_frame, tmp
     older = load_bundle(tmp_path / "bundle")
     assert (older.config.scoring.combine, older.config.scoring.offset_weight) == ("mean", 0.0)
 
+    # A bundle written before issue 16 (no per-sensor intervals, date order or new ingest settings)
+    # loads, and scoring takes every sensor to be at the table's rate, as it did.
+    for key in ("sensor_intervals", "dayfirst"):
+        del meta[key]
+    for key in ("timestamp_format", "dayfirst", "resample", "layout", "max_set_aside_share"):
+        del meta["config"]["ingest"][key]
+    (tmp_path / "bundle" / "bundle.json").write_text(json.dumps(meta))
+    before_16 = load_bundle(tmp_path / "bundle")
+    assert before_16.sensor_intervals is None and before_16.input_hints() == {"dayfirst": None, "intervals": {}}
+    assert before_16.config.ingest.layout == "wide"
+
 
 def test_too_few_normal_rows_is_a_clear_error(tiny_frame):
     config = tiny_config().model_copy(deep=True)

@@ -73,7 +73,7 @@ def split_by_column(sources: Iterable[RawSource], column: str) -> AssetSplit:
                 f"{source.name}: asset column '{column}' not found (columns: {', '.join(map(str, source.frame.columns))})"
             )
         ids = source.frame[column]
-        rows = source.file_rows()
+        rows = source.data_rows()
         text = ids.astype("string").str.strip()
         problems = text.map(asset_problem, na_action=None).where(ids.notna(), "empty asset id")
         bad = problems.notna().to_numpy()
@@ -94,7 +94,7 @@ def split_by_column(sources: Iterable[RawSource], column: str) -> AssetSplit:
         for asset, positions in pd.Series(np.flatnonzero(keep)).groupby(text[keep].to_numpy(), sort=False):
             picked = positions.to_numpy()
             piece = frame.iloc[picked].reset_index(drop=True)
-            by_asset.setdefault(str(asset), []).append(RawSource(source.name, piece, source.digest, rows=rows[picked]))
+            by_asset.setdefault(str(asset), []).append(RawSource(source.name, piece, source.digest, row_numbers=rows[picked]))
     return AssetSplit(by_asset, _rejected_frame(rejected))
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 
 from pipeline.config import IngestConfig
 from pipeline.data.files import RawSource
+from pipeline.data.timeformat import TimeFormat, parse_with
 from pipeline.errors import InputError
 
 # Column names that hold labels rather than measurements; never auto-detected as sensors.
@@ -115,14 +116,23 @@ def to_float(values: pd.Series, decimal: str = ".") -> tuple[np.ndarray, np.ndar
 
 
 def parse_timestamps(
-    values: pd.Series, name: str, column: str, zone: str, zone_given: bool = False
+    values: pd.Series,
+    name: str,
+    column: str,
+    zone: str,
+    zone_given: bool = False,
+    time_format: TimeFormat | None = None,
 ) -> tuple[pd.Series, np.ndarray]:
     """Raw timestamp column -> (UTC timestamps, reason per row or None).
 
     A column mixing timestamps with and without a time zone is an error, unless ``zone_given``
     (``ingest.source_timezone`` set in the config): then the naive ones are read in ``zone``.
+    A text column is read with ``time_format`` (``pipeline.data.timeformat.decide_format``) when
+    it has a pattern: a value that does not fit it is set aside, never read another way.
     """
     reasons = np.full(len(values), None, dtype=object)
+    pattern = time_format.pattern if time_format is not None else None
+    unparseable = "unparseable timestamp" + (f": does not fit the column's format '{pattern}'" if pattern else "")
     if pd.api.types.is_datetime64_any_dtype(values):
         parsed = values
         aware = parsed.dt.tz is not None
@@ -145,13 +155,23 @@ def parse_timestamps(
             check_zone(zone)
             naive = (~has_zone & text.notna()).to_numpy()
             parsed = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns, UTC]")
-            parsed[has_zone.to_numpy()] = pd.to_datetime(text[has_zone.to_numpy()], errors="coerce", utc=True, format="mixed")
-            local = pd.to_datetime(text[naive], errors="coerce", format="mixed")
+            parsed[has_zone.to_numpy()] = pd.to_datetime(
+                text[has_zone.to_numpy()],
+                errors="coerce",
+                utc=True,
+                format="mixed",
+                dayfirst=bool(time_format and time_format.dayfirst),
+            )
+            local = pd.to_datetime(
+                text[naive], errors="coerce", format="mixed", dayfirst=bool(time_format and time_format.dayfirst)
+            )
             localized = local.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
             parsed[naive] = localized.dt.tz_convert("UTC")
             reasons[np.flatnonzero(naive)[(local.notna() & localized.isna()).to_numpy()]] = (
                 f"ambiguous or nonexistent local time in {zone}"
             )
+        elif pattern:
+            parsed = parse_with(text, time_format, utc=aware)
         else:
             parsed = pd.to_datetime(text, errors="coerce", utc=aware)
             if parsed.isna().sum() > text.isna().sum():  # formats differ row to row
@@ -160,9 +180,11 @@ def parse_timestamps(
         check_zone(zone)
         parsed = parsed.dt.tz_localize(zone, ambiguous="NaT", nonexistent="NaT")
         ambiguous = parsed.isna().to_numpy() & values.notna().to_numpy()
-        if not pd.api.types.is_datetime64_any_dtype(values):
+        if pattern and not pd.api.types.is_datetime64_any_dtype(values):
+            ambiguous &= parse_with(values.astype("string").str.strip(), time_format, utc=False).notna().to_numpy()
+        elif not pd.api.types.is_datetime64_any_dtype(values):
             ambiguous &= pd.to_datetime(values.astype("string"), errors="coerce", format="mixed").notna().to_numpy()
         reasons[ambiguous] = f"ambiguous or nonexistent local time in {zone}"
     parsed = parsed.dt.tz_convert("UTC").dt.as_unit("ns")
-    reasons[parsed.isna().to_numpy() & (reasons == None)] = "unparseable timestamp"  # noqa: E711
+    reasons[parsed.isna().to_numpy() & (reasons == None)] = unparseable  # noqa: E711
     return parsed, reasons

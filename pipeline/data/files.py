@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
+from pipeline.data.tall import pivot_tall
 from pipeline.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,48 @@ class RawSource:
     frame: pd.DataFrame
     digest: str
     row_offset: int = 0  # file row of the frame's first row (the new rows of an appended file)
-    rows: np.ndarray | None = None  # file row of each frame row, when not consecutive (one asset's rows of a shared file)
+    row_numbers: np.ndarray | None = None  # file row of each frame row, when not consecutive (a pivoted tall file)
+    set_aside: pd.DataFrame | None = None  # rows set aside while reading (``source, row, timestamp, status``)
+    counts: dict[str, int] = field(default_factory=dict)  # what reading counted (a tall file's readings)
 
-    def file_rows(self) -> np.ndarray:
+    def data_rows(self) -> np.ndarray:
         """The 0-based data row in its file of each row of ``frame``."""
-        return self.rows if self.rows is not None else np.arange(len(self.frame), dtype=np.int64) + self.row_offset
+        return self.row_numbers if self.row_numbers is not None else np.arange(len(self.frame), dtype=np.int64) + self.row_offset
+
+
+def file_rows(source: RawSource) -> int:
+    """Data rows of the file read (readings of a tall file), counting the rows skipped before it."""
+    if "tall_readings" in source.counts:
+        return source.counts["tall_readings"]
+    return source.row_offset + len(source.frame)
+
+
+def skip_rows(source: RawSource, rows: int) -> RawSource:
+    """The source without its first ``rows`` file rows (already processed rows of an appended file).
+
+    For a pivoted tall file: the wide rows whose first reading is later, the readings set aside
+    later, and the reading counts recounted from those.
+    """
+    if source.row_numbers is None:
+        frame = source.frame.iloc[rows:].reset_index(drop=True)
+        return RawSource(source.name, frame, source.digest, row_offset=rows, counts=source.counts)
+    keep = source.row_numbers >= rows
+    aside = source.set_aside[source.set_aside["row"] >= rows].reset_index(drop=True)
+    kinds = {
+        "bad_quality": "bad quality",
+        "duplicate_readings": "duplicate reading",
+        "conflicting_readings": "conflicting reading",
+    }
+    counts = {key: int(aside["status"].str.startswith(text).sum()) for key, text in kinds.items()}
+    counts["tall_readings"] = source.counts.get("tall_readings", 0)
+    return RawSource(
+        source.name,
+        source.frame[keep].reset_index(drop=True),
+        source.digest,
+        row_numbers=source.row_numbers[keep],
+        set_aside=aside,
+        counts=counts,
+    )
 
 
 def discover_files(paths: list[str | Path]) -> list[tuple[str, Path]]:
@@ -109,6 +147,10 @@ def read_source(name: str, path: Path, config: IngestConfig) -> RawSource:
         ) from None
     if table.num_rows == 0:
         raise InputError(f"{path}: no data rows (header only)")
+    if config.layout == "tall":  # one row per reading: pivoted on the Arrow columns, never cell by cell
+        frame, row_numbers, set_aside, counts = pivot_tall(table, name, config)
+        del table
+        return RawSource(name, frame, file_digest(path), row_numbers=row_numbers, set_aside=set_aside, counts=counts)
     try:
         frame = table.to_pandas(split_blocks=True, self_destruct=True)
     except (pa.ArrowException, UnicodeDecodeError) as exc:  # e.g. a Latin-1 header: not UTF-8

@@ -81,14 +81,15 @@ def validate_asset(
     ingest: IngestConfig,
     sensors: list[str] | None = None,
     timestamp_column: str | None = None,
+    **hints,
 ) -> LoadedInput:
-    """One asset's rows as one validated stream with its quality report.
+    """One asset's rows as one validated stream with its quality report (``hints``: a model's, as ``validate`` takes them).
 
     Raises:
         InputError: naming the asset, when its rows cannot make a stream (a column missing, no usable row).
     """
     try:
-        result = validate(pieces, ingest, sensors=sensors, timestamp_column=timestamp_column)
+        result = validate(pieces, ingest, sensors=sensors, timestamp_column=timestamp_column, **hints)
     except InputError as exc:
         raise InputError(f"asset {asset}: {exc}") from None
     return LoadedInput(
@@ -99,7 +100,7 @@ def validate_asset(
 def set_aside_whole(asset: str, pieces: list[RawSource], reason: str) -> pd.DataFrame:
     """Every row of an asset that cannot be scored, as set-aside rows with the reason."""
     frames = [
-        pd.DataFrame({"asset": asset, "source": p.name, "row": p.file_rows(), "timestamp": "", "status": reason}) for p in pieces
+        pd.DataFrame({"asset": asset, "source": p.name, "row": p.data_rows(), "timestamp": "", "status": reason}) for p in pieces
     ]
     return (
         pd.concat(frames, ignore_index=True)

@@ -12,7 +12,11 @@ Rules, each counted in ``IngestResult.counts`` (nothing is dropped silently):
   there is no way to tell which one is right;
 - rows are sorted by time (out-of-order rows counted);
 - a run of missing values up to ``max_fill_rows`` long is forward-filled (counted as repaired);
-  a longer run, or one with no earlier value, is set aside.
+  a longer run, or one with no earlier value, is set aside;
+- a sensor sampled more slowly than the others holds its last reading until its next one
+  (``pipeline.data.rates``, counted as held); with ``ingest.resample`` every sensor is first put
+  on one grid;
+- each text timestamp column is read in one format (``pipeline.data.timeformat``).
 """
 
 from __future__ import annotations
@@ -30,10 +34,21 @@ from pipeline.data.columns import (
     check_zone,
     detect_sensors,
     detect_timestamp_column,
+    epoch_unit,
+    is_epoch,
     parse_timestamps,
     to_float,
 )
 from pipeline.data.files import RawSource
+from pipeline.data.rates import (
+    missing_runs,
+    repair_missing,
+    resample_table,
+    sampling_interval_seconds,
+    sensor_intervals,
+    slower_sensors,
+)
+from pipeline.data.timeformat import decide_format
 from pipeline.errors import InputError
 from pipeline.utc import iso_utc
 
@@ -58,6 +73,13 @@ class IngestResult:
     filled_values: dict[str, int] = field(default_factory=dict)
     missing_values: dict[str, int] = field(default_factory=dict)
     ignored_columns: list[str] = field(default_factory=list)
+    timestamp_formats: dict[str, str] = field(default_factory=dict)  # source -> how its timestamps were read
+    dayfirst: bool | None = None  # the order the numeric dates were read in (None: no numeric dates)
+    sensor_intervals: dict[str, float] = field(default_factory=dict)  # each sensor's own interval, seconds
+    held_values: dict[str, int] = field(default_factory=dict)  # per sensor: missing values held (sample-and-hold)
+
+
+__all__ = ["IngestResult", "missing_runs", "validate"]
 
 
 def validate(
@@ -65,6 +87,8 @@ def validate(
     config: IngestConfig,
     sensors: list[str] | None = None,
     timestamp_column: str | None = None,
+    dayfirst: bool | None = None,
+    intervals: dict[str, float] | None = None,
 ) -> IngestResult:
     """Validate and merge raw sources into one sorted table (pure: no I/O).
 
@@ -74,6 +98,10 @@ def validate(
         sensors: the sensor columns to use (a trained model's); default from config or detected
             in the first source.
         timestamp_column: the timestamp column to use; default from config or detected.
+        dayfirst: the date order a model was trained on, used for a file whose numeric dates
+            fit both orders (unless ``ingest.dayfirst`` or ``ingest.timestamp_format`` is set).
+        intervals: each sensor's own sampling interval in seconds (a model's); None measures
+            them from the data (training). A sensor not in it is taken to be at the table's rate.
 
     Raises:
         InputError: a required column is missing, no timestamp or sensor column is found, or
@@ -100,11 +128,13 @@ def validate(
         "out_of_range_value": 0,
         "ambiguous_time": 0,
     }
+    formats: dict[str, str] = {}
+    orders: set[bool] = set()
     source = first
     del first
     while source is not None:
         _check_header(source)
-        part, rejected, extra = _normalise(source, ts_col, sensors, config, counts)
+        part, rejected, extra = _normalise(source, ts_col, sensors, config, counts, dayfirst, formats, orders)
         parts.append(part)
         rejected_parts.append(rejected)
         ignored |= extra
@@ -121,10 +151,19 @@ def validate(
     counts["out_of_order"] = _count_out_of_order(table)
     if not table["timestamp"].is_monotonic_increasing:
         table = table.sort_values("timestamp", kind="stable", ignore_index=True)
-    table, nan_rejected, filled, missing = _repair_missing(table, sensors, config.max_fill_rows)
+    merged = rejected.iloc[:0]
+    if config.resample and len(table):
+        table, merged = resample_table(table, sensors, config.resample, config.resample_aggregate)
+    counts["rows_resampled"] = len(merged)
+    measured = sensor_intervals(table, sensors) if len(table) else {}
+    own = measured if intervals is None else {s: v for s, v in intervals.items() if s in sensors}
+    slow = slower_sensors(own, sampling_interval_seconds(table["timestamp"])) if len(table) else {}
+    table, nan_rejected, filled, missing, held = repair_missing(table, sensors, config.max_fill_rows, slow)
     counts["missing_run_too_long"] = len(nan_rejected)
     counts["rows_repaired"] = int(table.pop("_repaired").sum())
-    rejected = pd.concat([rejected, dup_rejected, nan_rejected], ignore_index=True)
+    counts["rows_held"] = int(table.pop("_held").sum())
+    counts["held_values"] = sum(held.values())
+    rejected = pd.concat([rejected, dup_rejected, merged, nan_rejected], ignore_index=True)
     counts["rows_clean"] = len(table) - counts["rows_repaired"]
     counts["rows_quarantined"] = len(rejected)
     if table.empty:
@@ -139,6 +178,10 @@ def validate(
         filled_values=filled,
         missing_values=missing,
         ignored_columns=sorted(ignored),
+        timestamp_formats=formats,
+        dayfirst=orders.pop() if len(orders) == 1 else None,
+        sensor_intervals=measured if intervals is None else {s: own.get(s, measured.get(s, 0.0)) for s in sensors},
+        held_values=held,
     )
 
 
@@ -150,7 +193,14 @@ def _check_header(source: RawSource) -> None:
 
 
 def _normalise(
-    source: RawSource, ts_col: str, sensors: list[str], config: IngestConfig, counts: dict[str, int]
+    source: RawSource,
+    ts_col: str,
+    sensors: list[str],
+    config: IngestConfig,
+    counts: dict[str, int],
+    dayfirst: bool | None,
+    formats: dict[str, str],
+    orders: set[bool],
 ) -> tuple[pd.DataFrame, pd.DataFrame, set[str]]:
     """One source -> (clean part, rejected rows, ignored column names)."""
     frame = source.frame
@@ -166,12 +216,23 @@ def _normalise(
     raw_ts = frame[ts_col]
     # Only a zone given in the config may resolve a file that mixes aware and naive timestamps.
     zone_given = "source_timezone" in config.model_fields_set
-    timestamps, ts_reason = parse_timestamps(raw_ts, source.name, ts_col, config.source_timezone, zone_given)
+    time_format = None
+    if pd.api.types.is_datetime64_any_dtype(raw_ts):
+        formats[source.name] = "typed timestamps (ISO 8601 read by the CSV reader, or Parquet)"
+    elif is_epoch(raw_ts):
+        formats[source.name] = f"Unix time ({epoch_unit(raw_ts)})"
+    else:
+        time_format = decide_format(raw_ts.astype("string").str.strip(), source.name, ts_col, config, dayfirst)
+        formats[source.name] = time_format.described
+        if time_format.dayfirst is not None:
+            orders.add(time_format.dayfirst)
+    timestamps, ts_reason = parse_timestamps(raw_ts, source.name, ts_col, config.source_timezone, zone_given, time_format)
     reasons = pd.Series(ts_reason, index=frame.index, dtype=object)
-    counts["unparseable_timestamp"] += int((reasons == "unparseable timestamp").sum())
-    counts["ambiguous_time"] += int(reasons.notna().sum()) - int((reasons == "unparseable timestamp").sum())
+    unparseable = int(reasons.str.startswith("unparseable timestamp", na=False).sum())
+    counts["unparseable_timestamp"] += unparseable
+    counts["ambiguous_time"] += int(reasons.notna().sum()) - unparseable
 
-    columns = {"source": source.name, "row": source.file_rows(), "timestamp": timestamps}
+    columns = {"source": source.name, "row": source.data_rows(), "timestamp": timestamps}
     for column in sensors:
         values, bad = to_float(frame[column], config.decimal)
         columns[column] = values
@@ -206,6 +267,11 @@ def _normalise(
             "status": reasons[rejected_mask].astype(str),
         }
     )
+    if source.set_aside is not None and len(source.set_aside):  # rows reading set aside (a tall file's readings)
+        counts["rows_in"] += len(source.set_aside)
+        rejected = pd.concat([rejected, source.set_aside], ignore_index=True)
+    for key, value in source.counts.items():
+        counts[key] = counts.get(key, 0) + value
     return (part[~rejected_mask] if rejected_mask.any() else part), rejected, ignored
 
 
@@ -255,63 +321,3 @@ def _count_out_of_order(table: pd.DataFrame) -> int:
     """Rows whose timestamp is earlier than a row before them in the same file."""
     earlier_max = table.groupby("source", sort=False)["timestamp"].cummax().groupby(table["source"]).shift()
     return int((table["timestamp"] < earlier_max).sum())
-
-
-def missing_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start positions and lengths of the runs of True in a 1-D boolean array."""
-    padded = np.concatenate([[False], mask, [False]]).astype(np.int8)
-    edges = np.diff(padded)
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
-    return starts, ends - starts
-
-
-def _repair_missing(
-    table: pd.DataFrame, sensors: list[str], max_fill_rows: int
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int], dict[str, int]]:
-    """Forward-fill short missing runs; set aside rows in long ones or with no earlier value."""
-    n = len(table)
-    too_long = np.zeros(n, dtype=bool)
-    reasons = np.full(n, None, dtype=object)
-    values: dict[str, np.ndarray] = {}
-    fills: dict[str, np.ndarray] = {}
-    missing = {}
-    for column in sensors:
-        mask = table[column].isna().to_numpy()
-        missing[column] = int(mask.sum())
-        if not missing[column]:
-            continue
-        values[column] = table[column].to_numpy(dtype=np.float64, copy=True)
-        starts, lengths = missing_runs(mask)
-        fill = np.zeros(n, dtype=bool)
-        for start, length in zip(starts, lengths):
-            if length <= max_fill_rows and start > 0:
-                # The value just before the run (row start - 1 holds one: runs are maximal). Filling
-                # here, not with ffill after dropping set-aside rows, keeps a fill from reaching
-                # past a dropped row to an older value or to nothing (a NaN left in the table).
-                values[column][start : start + length] = values[column][start - 1]
-                fill[start : start + length] = True
-            else:
-                span = slice(start, start + length)
-                why = "no earlier value" if start == 0 else f"{length} rows in a row, more than max_fill_rows={max_fill_rows}"
-                reasons[span] = np.where(reasons[span] == None, f"missing value in column '{column}' ({why})", reasons[span])  # noqa: E711
-                too_long[span] = True
-        fills[column] = fill
-    # Count fills only in rows that stay: a row set aside by a later column was not repaired.
-    filled = {column: int((fills[column] & ~too_long).sum()) if column in fills else 0 for column in sensors}
-    repaired = np.logical_or.reduce([np.zeros(n, dtype=bool), *fills.values()]) & ~too_long
-    # Copy-on-write: the new columns below never touch the caller's frame.
-    out = table[~too_long] if too_long.any() else table.copy(deep=False)
-    for column in values:
-        out[column] = values[column][~too_long]
-    out["_repaired"] = repaired[~too_long]
-    gone = table[too_long]
-    rejected = pd.DataFrame(
-        {
-            "source": gone["source"],
-            "row": gone["row"],
-            "timestamp": iso_utc(gone["timestamp"]),
-            "status": reasons[too_long],
-        }
-    )
-    return out.reset_index(drop=True), rejected, filled, missing

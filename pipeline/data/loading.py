@@ -31,10 +31,14 @@ def load_input(
     ingest: IngestConfig,
     sensors: list[str] | None = None,
     timestamp_column: str | None = None,
+    dayfirst: bool | None = None,
+    intervals: dict[str, float] | None = None,
 ) -> LoadedInput:
     """Read, validate and quality-check files (``(source name, path)`` pairs from ``discover_files``).
 
     ``sensors`` and ``timestamp_column`` fix the columns (a model's); ``None`` detects them.
+    ``dayfirst`` and ``intervals`` are a model's date order and per-sensor intervals
+    (``pipeline.data.ingest.validate``); ``None`` decides and measures them from the data.
     """
     digests: dict[str, str] = {}
 
@@ -47,8 +51,10 @@ def load_input(
             # Arrow's allocator keeps freed buffers for reuse; hand them back to the system.
             pa.default_memory_pool().release_unused()
 
-    result = validate(one_at_a_time(), ingest, sensors=sensors, timestamp_column=timestamp_column)
-    report = quality_report(result, ingest.flatline_rows)
+    result = validate(
+        one_at_a_time(), ingest, sensors=sensors, timestamp_column=timestamp_column, dayfirst=dayfirst, intervals=intervals
+    )
+    report = quality_report(result, ingest.flatline_rows, ingest.max_set_aside_share)
     counts = result.counts
     log.info(
         "ingested %d rows from %d file(s): %d clean, %d repaired, %d set aside",

@@ -10,14 +10,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.data.ingest import IngestResult, missing_runs
+from pipeline.data.ingest import IngestResult
+from pipeline.data.rates import missing_runs, sampling_interval_seconds
 
+__all__ = ["flatline_runs", "quality_figures", "quality_report", "sampling_interval_seconds", "set_aside_warnings"]
 
-def sampling_interval_seconds(timestamps: pd.Series) -> float:
-    """Median spacing of consecutive timestamps, in seconds (1.0 when it cannot be told)."""
-    steps = timestamps.diff().dt.total_seconds().to_numpy()[1:]
-    steps = steps[steps > 0]
-    return float(np.median(steps)) if steps.size else 1.0
+# What may fix a file whose rows were mostly set aside, by the kind of the main reason.
+SET_ASIDE_HINTS = {
+    "missing value": "sensors logged at different rates? train on such data so each keeps its own interval, "
+    "or set ingest.resample (e.g. '1min'); else raise ingest.max_fill_rows",
+    "unparseable value": "check ingest.decimal and ingest.delimiter, or list the column in ingest.exclude_columns",
+    "unparseable timestamp": "set ingest.timestamp_format (a strftime pattern) or ingest.dayfirst",
+    "ambiguous or nonexistent local time": "set ingest.source_timezone to the file's zone, or export in UTC",
+    "bad quality": "ingest.good_quality lists the quality values that mean good",
+    "conflicting timestamp": "the export repeats times with other values (a clock change?); fix the export",
+    "conflicting reading": "the export repeats readings with other values; fix the export",
+    "late row": "put only rows after the last processed time in new files",
+}
 
 
 def flatline_runs(values: np.ndarray, min_rows: int) -> tuple[int, int]:
@@ -30,12 +39,13 @@ def flatline_runs(values: np.ndarray, min_rows: int) -> tuple[int, int]:
     return int((lengths >= min_rows).sum()), int(lengths.max(initial=1))
 
 
-def quality_report(result: IngestResult, flatline_rows: int) -> dict[str, Any]:
+def quality_report(result: IngestResult, flatline_rows: int, max_set_aside_share: float = 0.2) -> dict[str, Any]:
     """Summarise a validated table.
 
     Args:
         result: the ingest output.
         flatline_rows: a run of identical values at least this long is reported as flat-lined.
+        max_set_aside_share: files with a larger share of rows set aside are listed (``set_aside_warnings``).
 
     Returns:
         A JSON-serialisable dict with ``rows`` (ingest counts), ``time`` (sampling interval,
@@ -53,6 +63,8 @@ def quality_report(result: IngestResult, flatline_rows: int) -> dict[str, Any]:
         sensors[column] = {
             "missing_share": result.missing_values.get(column, 0) / n_in,
             "filled_values": result.filled_values.get(column, 0),
+            "held_values": result.held_values.get(column, 0),
+            "interval_seconds": result.sensor_intervals.get(column),
             "flatline_runs": n_flat,
             "longest_flatline_rows": longest,
             "flatlined": n_flat > 0,
@@ -67,6 +79,8 @@ def quality_report(result: IngestResult, flatline_rows: int) -> dict[str, Any]:
         # Every file read, also one whose rows were all set aside (its reasons are below).
         "sources": sorted(set(table["source"]) | set(result.rejected["source"])),
         "timestamp_column": result.timestamp_column,
+        "timestamp_formats": result.timestamp_formats,
+        "set_aside_over_limit": set_aside_warnings(result, max_set_aside_share),
         "ignored_columns": result.ignored_columns,
         "rows": dict(result.counts),
         "quarantine_reasons": _reason_counts(result.rejected),
@@ -82,11 +96,38 @@ def quality_report(result: IngestResult, flatline_rows: int) -> dict[str, Any]:
     }
 
 
-def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+def _reason_kinds(rejected: pd.DataFrame) -> pd.Series:
     # Group reasons by their kind (text before any column name, quoted value, row number or
     # explanation) to keep it short: "missing value", not "missing value in column" (cut mid-phrase).
-    kinds = rejected["status"].astype(str).str.replace(r"(?: in column)? '.*$| of .*$| \(.*$|:.*$", "", regex=True)
-    return {str(k): int(v) for k, v in kinds.value_counts().items()}
+    return rejected["status"].astype(str).str.replace(r"(?: in column)? '.*$| of .*$| \(.*$|:.*$", "", regex=True)
+
+
+def _reason_counts(rejected: pd.DataFrame) -> dict[str, int]:
+    return {str(k): int(v) for k, v in _reason_kinds(rejected).value_counts().items()}
+
+
+def set_aside_warnings(result: IngestResult, max_share: float) -> list[str]:
+    """One line per file with more than ``max_share`` of its rows set aside: the share, the main
+    reason and a setting that may fix it. Rows merged by ``ingest.resample`` are not set aside."""
+    rejected = result.rejected
+    if rejected.empty:
+        return []
+    kinds = _reason_kinds(rejected)
+    aside = kinds != "resampled"
+    rows_in = result.table["source"].value_counts().add(rejected["source"].value_counts(), fill_value=0)
+    lines = []
+    for source, total in rows_in.items():
+        mine = kinds[aside & (rejected["source"] == source).to_numpy()]
+        if total == 0 or len(mine) / total <= max_share:
+            continue
+        counts = mine.value_counts()
+        main, n_main = str(counts.index[0]), int(counts.iloc[0])
+        hint = SET_ASIDE_HINTS.get(main, "see quarantine_reasons in quality.json")
+        lines.append(
+            f"{source}: {len(mine) / total:.0%} of its rows set aside ({len(mine)} of {int(total)}), more than "
+            f"ingest.max_set_aside_share={max_share:g}; main reason: {main} ({n_main} rows); {hint}"
+        )
+    return lines
 
 
 def quality_figures(report: dict[str, Any]) -> dict[str, float]:

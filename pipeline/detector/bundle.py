@@ -42,6 +42,10 @@ class ModelBundle:
     error_scale: list[float] | None = None  # per-sensor divisor of the squared error (None: 1.0)
     drift_rate: list[float] | None = None  # per-sensor trend in the training rows, scaled units per second
     drift_reference: str | None = None  # UTC time the drift allowance counts from (end of the training rows)
+    # Each sensor's own sampling interval in seconds, measured at training (None in bundles
+    # written before: every sensor is then taken to be at the table's rate, as those bundles were).
+    sensor_intervals: dict[str, float] | None = None
+    dayfirst: bool | None = None  # the date order of the training data's numeric dates (None: none)
 
     @property
     def sensors(self) -> list[str]:
@@ -55,6 +59,10 @@ class ModelBundle:
     def context_rows(self) -> int:
         """Earlier rows a row's score depends on: the window's, plus the smoothing's."""
         return self.window_size - 1 + self.config.scoring.smoothing_rows - 1
+
+    def input_hints(self) -> dict[str, Any]:
+        """What ingest takes from the model (``validate``'s ``dayfirst`` and ``intervals``)."""
+        return {"dayfirst": self.dayfirst, "intervals": dict(self.sensor_intervals or {})}
 
     def describe(self) -> dict[str, Any]:
         """Everything but the Keras model, as JSON-ready data."""
@@ -70,6 +78,8 @@ class ModelBundle:
             "error_scale": self.error_scale,
             "drift_rate": self.drift_rate,
             "drift_reference": self.drift_reference,
+            "sensor_intervals": self.sensor_intervals,
+            "dayfirst": self.dayfirst,
             "config": self.config.model_dump(),
             "training": self.training,
         }
@@ -119,6 +129,8 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
         error_scale=meta.get("error_scale"),
         drift_rate=meta.get("drift_rate"),
         drift_reference=meta.get("drift_reference"),
+        sensor_intervals=meta.get("sensor_intervals"),
+        dayfirst=meta.get("dayfirst"),
     )
 
 

@@ -176,6 +176,8 @@ def fit_bundle(
         error_scale=error_scale,
         drift_rate=drift_rate,
         drift_reference=drift_reference,
+        sensor_intervals={s: float(result.sensor_intervals[s]) for s in result.sensors if s in result.sensor_intervals},
+        dayfirst=result.dayfirst,
     )
     return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,21 @@ from pipeline.detector.scoring import RowScores, flag_events, score_rows
 from pipeline.reports import explain, plots
 from pipeline.reports.tables import summarise_events
 from pipeline.store.names import PLOTS_FOLDER, event_plot
-from pipeline.tracking import CHAMPION, Tracker, inputs_digest
+from pipeline.tracking import CHAMPION, TAG_LIMIT, Tracker, inputs_digest
+
+log = logging.getLogger(__name__)
+SET_ASIDE_TAG = "set_aside_over_limit"
+
+
+def warn_set_aside(tracker: Tracker, quality: dict) -> list[str]:
+    """Log and tag (``set_aside_over_limit``) the files with more than ``ingest.max_set_aside_share``
+    of their rows set aside; returns their one-line descriptions (empty when none)."""
+    lines = list(quality.get("set_aside_over_limit", []))
+    for line in lines:
+        log.warning("%s", line)
+    if lines:
+        tracker.set_tags({SET_ASIDE_TAG: "; ".join(lines)[:TAG_LIMIT]})
+    return lines
 
 
 def load_registered(tracker: Tracker, model_name: str, version: str | None = None) -> tuple[ModelBundle, str]:

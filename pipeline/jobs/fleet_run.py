@@ -70,7 +70,9 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
         bundle, version = champions[asset]
         settings = batch_settings(config if config_given else bundle.config, bundle, warn=config_given)
         try:
-            loaded = validate_asset(asset, pieces[asset], settings.ingest, bundle.sensors, bundle.timestamp_column)
+            loaded = validate_asset(
+                asset, pieces[asset], settings.ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints()
+            )
         except InputError as exc:
             summaries[asset].status = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"
             set_aside.append(set_aside_whole(asset, pieces[asset], f"asset {asset} {summaries[asset].status}"))

@@ -55,7 +55,12 @@ def score_fleet_job(
                     folder = downloads.enter_context(tracker.downloaded_bundle(registered, found.version))
                     bundle = load_bundle(folder)
                     loaded = validate_asset(
-                        asset, fleet.pieces[asset], scoring_ingest(bundle), bundle.sensors, bundle.timestamp_column
+                        asset,
+                        fleet.pieces[asset],
+                        scoring_ingest(bundle),
+                        bundle.sensors,
+                        bundle.timestamp_column,
+                        **bundle.input_hints(),
                     )
                 except InputError as exc:
                     reason = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"

@@ -127,7 +127,7 @@ def _register(tracker, model_name, asset, loaded: LoadedInput, folder: Path, fit
     paths = [path for name, path in files if name in set(loaded.sources)]
     with tracker.run("train", run_name=f"train {registered}", tags=tags, nested=True) as run_id:
         tracker.log_params({"asset": asset, "registered_model": registered})
-        log_training_input(tracker, loaded, paths)
+        log_training_input(tracker, loaded, paths, config)
         outcome = record_fit(tracker, loaded, folder, fit, config, registered, run_id, asset_tags(model_name, asset))
     return AssetSummary(
         asset,

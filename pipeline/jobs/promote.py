@@ -132,13 +132,13 @@ def _figures(
     """One version's gate figures on the files (on one asset's rows of them), scored as ``score`` scores them."""
     ingest = scoring_ingest(bundle, label_column)
     if asset is None:
-        loaded = load_input(files, ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+        loaded = load_input(files, ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints())
     else:
         name, fleet_ingest = asset
         pieces = read_fleet(files, fleet_ingest).pieces.get(name)
         if not pieces:
             raise InputError(f"promote: the data holds no row of asset {name}")
-        loaded = validate_asset(name, pieces, ingest, bundle.sensors, bundle.timestamp_column)
+        loaded = validate_asset(name, pieces, ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints())
     table = loaded.result.table
     rows = score_rows(bundle, table, progress=True)
     labels = table["label"].to_numpy() if label_column else None

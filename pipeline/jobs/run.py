@@ -14,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import PipelineConfig
-from pipeline.data.files import RawSource, discover_files, read_source
+from pipeline.data.files import RawSource, discover_files, file_rows, read_source, skip_rows
 from pipeline.data.ingest import IngestResult, validate
 from pipeline.data.quality import quality_figures, quality_report
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.scoring import RowScores
 from pipeline.detector.stream import Carry, StreamStep, advance, set_aside_late
 from pipeline.errors import InputError
-from pipeline.jobs.common import load_registered
+from pipeline.jobs.common import load_registered, warn_set_aside
 from pipeline.jobs.run_outputs import RunFolder, publish_run_folder, update_cumulative_anomalies
 from pipeline.jobs.run_settings import batch_settings
 from pipeline.jobs.train import TrainOutcome, train_into
@@ -64,6 +64,7 @@ class RunOutcome:
     dry_run: bool = False
     problems: list[str] = field(default_factory=list)  # fleets: assets not scored, rows set aside (exit 2)
     fleet_trained: dict | None = None  # fleets: asset -> AssetSummary of the assets trained by this run
+    warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
 
     @property
     def processed(self) -> list[Candidate]:
@@ -194,6 +195,7 @@ class RunContext:
         outcome = RunOutcome(self.run_id, folder, candidates, quarantined, trained, model_version=version)
         if batch is not None:
             self._log_batch(outcome, batch, settings, bundle, sources, quarantined, folder)
+            outcome.warnings = warn_set_aside(tracker, batch.quality)
         return outcome
 
     def read_new(self, candidates: list[Candidate], reading, quarantined: list[tuple[str, str]]) -> dict[str, RawSource]:
@@ -208,7 +210,7 @@ class RunContext:
                 quarantined.append((c.name, quarantine_reason(c.name, exc)))
                 continue
             if c.skip_rows:
-                raw = RawSource(c.name, raw.frame.iloc[c.skip_rows :].reset_index(drop=True), raw.digest, row_offset=c.skip_rows)
+                raw = skip_rows(raw, c.skip_rows)
             sources[c.name] = raw
         return sources
 
@@ -230,7 +232,7 @@ class RunContext:
         carry = carry.for_sensors(bundle.sensors) if carry else Carry.empty(bundle.sensors)
         checked = set_aside_late(result, carry.last_timestamp_ns)
         if len(checked.table):
-            quality = quality_report(checked, settings.ingest.flatline_rows)
+            quality = quality_report(checked, settings.ingest.flatline_rows, settings.ingest.max_set_aside_share)
         else:
             quality = {"rows": checked.counts, "sources": sorted(set(checked.rejected["source"]))}
         step = advance(bundle, checked.table, carry, settings.events, settings.scoring.batch_size)
@@ -257,7 +259,7 @@ class RunContext:
         bad = dict(quarantined)
         for c in candidates:
             if c.name in sources and c.name not in bad:
-                total_rows = c.skip_rows + len(sources[c.name].frame)
+                total_rows = file_rows(sources[c.name])
                 state.files[c.name] = FileRecord(c.digest, c.size, total_rows, folder.name if folder else "", now)
                 state.quarantined.pop(c.name, None)
         digests = {c.name: c.digest for c in candidates}
@@ -368,7 +370,9 @@ def validate_batch(
         return None, []
 
     def check(group: list[RawSource]) -> IngestResult:
-        return validate(group, settings.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+        return validate(
+            group, settings.ingest, sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
+        )
 
     try:
         return check(sources), []

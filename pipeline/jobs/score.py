@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from pipeline.data.files import discover_files
 from pipeline.data.loading import load_input
 from pipeline.data.quality import quality_figures
 from pipeline.detector.bundle import ModelBundle
-from pipeline.jobs.common import describe_inputs, load_registered, log_dataset, log_event_plots, score_loaded
+from pipeline.jobs.common import describe_inputs, load_registered, log_dataset, log_event_plots, score_loaded, warn_set_aside
 from pipeline.reports import describe, plots
 from pipeline.reports.tables import scores_batches, scores_schema
 from pipeline.serving import scoring_ingest
@@ -43,6 +43,7 @@ class ScoreOutcome:
     rows_flagged: int
     events: int
     model_version: str
+    warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
 
 
 def score_job(inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None) -> ScoreOutcome:
@@ -66,11 +67,14 @@ def _score_into(
     paths = [path for _, path in files]
     tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
     tracker.log_text(to_yaml(bundle.config), CONFIG_ARTIFACT)
-    loaded = load_input(files, scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column)
+    loaded = load_input(
+        files, scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
+    )
     digest = inputs_digest(loaded.digests)
     tracker.set_tags({"input_digest": digest, "model_version": version, "source": describe_inputs(paths)})
     tracker.record_input_paths(paths)  # promote re-reads the latest scored data from there
     log_dataset(tracker, loaded, paths, f"score {describe_inputs(paths)}", "scoring")
+    warnings = warn_set_aside(tracker, loaded.quality)  # scored all the same: every row is reported
     rows, event, events = score_loaded(bundle, loaded, version, run_id)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +97,7 @@ def _score_into(
         rows_flagged=int((event > 0).sum()),
         events=len(events),
         model_version=version,
+        warnings=warnings,
     )
     tracker.log_metrics(
         {

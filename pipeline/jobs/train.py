@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,8 @@ from pipeline.data.loading import LoadedInput, load_input
 from pipeline.data.quality import quality_figures
 from pipeline.detector.bundle import load_bundle
 from pipeline.detector.fitting import FitReport, fit_bundle
-from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded
+from pipeline.errors import InputError
+from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded, warn_set_aside
 from pipeline.reports import describe, plots
 from pipeline.store import atomic
 from pipeline.store.names import (
@@ -47,6 +48,7 @@ class TrainOutcome:
     rows_scored: int = 0  # of the training input, scored for review
     rows_flagged: int = 0
     events: int = 0
+    warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
 
 
 def train_job(inputs: list[str | Path], config: PipelineConfig, model_name: str, tracking_uri: str | None) -> TrainOutcome:
@@ -64,18 +66,32 @@ def train_into(
     tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
     tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
     loaded = load_input(files, config.ingest)
-    log_training_input(tracker, loaded, [path for _, path in files])
+    warnings = log_training_input(tracker, loaded, [path for _, path in files], config)
     bundle, fit = fit_bundle(loaded.result, config)
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
-        return record_fit(tracker, loaded, bundle.save(Path(tmp) / BUNDLE_FOLDER), fit, config, model_name, run_id)
+        outcome = record_fit(tracker, loaded, bundle.save(Path(tmp) / BUNDLE_FOLDER), fit, config, model_name, run_id)
+    outcome.warnings = warnings
+    return outcome
 
 
-def log_training_input(tracker: Tracker, loaded: LoadedInput, paths: list[Path]) -> None:
-    """The training input's digest, quality report and dataset, on the active run."""
+def log_training_input(tracker: Tracker, loaded: LoadedInput, paths: list[Path], config: PipelineConfig) -> list[str]:
+    """The training input's digest, quality report and dataset, on the active run; the files with
+    too much set aside (``warn_set_aside``).
+
+    Raises:
+        InputError: more than ``ingest.max_set_aside_share`` of a file is set aside and
+            ``training.allow_set_aside`` is off: a model trained on a fraction of its data is not
+            what the user thinks it is.
+    """
     tracker.set_tags({"input_digest": inputs_digest(loaded.digests), "source": describe_inputs(paths)})
     tracker.log_dict(loaded.quality, QUALITY_ARTIFACT)
     tracker.log_metrics(quality_figures(loaded.quality))
     log_dataset(tracker, loaded, paths, f"train {describe_inputs(paths)}", "training")
+    over = loaded.quality.get("set_aside_over_limit", [])
+    if over and not config.training.allow_set_aside:
+        more = f" (and {len(over) - 1} more file(s))" if len(over) > 1 else ""
+        raise InputError(f"{over[0]}{more}; to train on the rest anyway, pass --allow-set-aside (training.allow_set_aside)")
+    return warn_set_aside(tracker, loaded.quality)
 
 
 def record_fit(
