@@ -54,8 +54,9 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
         periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
         fitted = train_assets(tracker, job.model_name, {a: history[a] for a in untrained if a in history}, config, periods, files)
         for asset, summary in fitted.items():
+            why = summary.status.removeprefix("not trained: ")
             if summary.status != "ok" and asset in summaries:  # on --retrain, assets without new rows train too
-                summaries[asset].status = f"waiting for a model: {summary.status.removeprefix('not trained: ')}"
+                summaries[asset].status = f"not retrained: {why}" if asset in champions else f"waiting for a model: {why}"
             elif asset not in champions:
                 champions[asset] = load_registered(tracker, asset_model_name(job.model_name, asset))
         trained = fitted
