@@ -26,6 +26,7 @@ import pandas as pd
 
 from pipeline.data.files import RawSource
 from pipeline.errors import InputError
+from pipeline.utc import utc_ns
 
 MAX_ASSET_ID = 128
 MAX_KEY = 64  # longer ids are cut and given the hash
@@ -120,8 +121,11 @@ def split_by_folder(files: list[tuple[str, Path]]) -> tuple[dict[str, list[tuple
 
 
 def _rejected_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    if parts:
-        return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True) if parts else empty_rejected()
+
+
+def empty_rejected() -> pd.DataFrame:
+    """No set-aside rows: the columns ``asset, source, row, timestamp, status``."""
     return pd.DataFrame({c: pd.Series([], dtype=object) for c in ("asset", "source", "timestamp", "status")}).assign(
         row=pd.Series([], dtype=np.int64)
     )[["asset", "source", "row", "timestamp", "status"]]
@@ -141,7 +145,7 @@ class NormalPeriods:
         spans = self.for_asset(asset)
         if not spans:
             return None
-        ns = pd.to_datetime(timestamps, utc=True).dt.as_unit("ns").array.asi8
+        ns = utc_ns(timestamps)
         inside = np.zeros(len(ns), dtype=bool)
         for start, end in spans:
             inside |= (ns >= start) & (ns < end)

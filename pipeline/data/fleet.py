@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import IngestConfig
-from pipeline.data.assets import split_by_column, split_by_folder
+from pipeline.data.assets import empty_rejected, split_by_column, split_by_folder
 from pipeline.data.files import RawSource, read_source
 from pipeline.data.ingest import validate
 from pipeline.data.loading import LoadedInput
@@ -37,33 +37,45 @@ class FleetInput:
     def assets(self) -> list[str]:
         return sorted(self.pieces)
 
+    def problems(self) -> list[str]:
+        """One line per file no asset is named for, and one for the rows whose asset id cannot be used."""
+        lines = [f"{name}: {reason}" for name, reason in self.unplaced]
+        if len(self.rejected):
+            lines.append(f"{len(self.rejected)} row(s) set aside: {self.rejected['status'].value_counts().to_dict()}")
+        return lines
+
 
 def read_fleet(files: list[tuple[str, Path]], ingest: IngestConfig) -> FleetInput:
-    """Read the files and regroup their rows by asset (``ingest.asset_column`` or ``ingest.asset_folders``).
+    """Read the files and regroup their rows by asset (``regroup``); a file that cannot be read is
+    listed in ``unplaced`` with the reason, the other files go on."""
+    unreadable: list[tuple[str, str]] = []
+    raw = [r for r in (_read(name, path, ingest, unreadable) for name, path in files) if r is not None]
+    fleet = regroup(raw, ingest)
+    fleet.unplaced[:0] = unreadable
+    fleet.sources = [name for name, _ in files]
+    return fleet
 
-    A file that cannot be read, or lacks the asset column, is listed in ``unplaced`` with the
-    reason; the other files go on.
+
+def regroup(sources: list[RawSource], ingest: IngestConfig) -> FleetInput:
+    """Files as read -> their rows by asset (``ingest.asset_column`` or ``ingest.asset_folders``; pure).
+
+    A file that lacks the asset column, or lies in no asset folder, is listed in ``unplaced``.
     """
-    names = [name for name, _ in files]
-    unplaced: list[tuple[str, str]] = []
+    digests = {source.name: source.digest for source in sources}
+    names = [source.name for source in sources]
     if ingest.asset_folders:
-        by_folder, unplaced = split_by_folder(files)
-        pieces: dict[str, list[RawSource]] = {}
-        for asset, asset_files in by_folder.items():
-            read = [r for r in (_read(name, path, ingest, unplaced) for name, path in asset_files) if r is not None]
-            if read:
-                pieces[asset] = read
-        digests = {piece.name: piece.digest for asset_pieces in pieces.values() for piece in asset_pieces}
-        return FleetInput(pieces, split_by_column([], "").rejected, unplaced, digests, names)
-    raw = [r for r in (_read(name, path, ingest, unplaced) for name, path in files) if r is not None]
-    usable = []
-    for source in raw:
+        by_folder, unplaced = split_by_folder([(source.name, Path(source.name)) for source in sources])
+        by_name = {source.name: source for source in sources}
+        pieces = {asset: [by_name[name] for name, _ in asset_files] for asset, asset_files in by_folder.items()}
+        return FleetInput(pieces, empty_rejected(), unplaced, digests, names)
+    usable, unplaced = [], []
+    for source in sources:
         if ingest.asset_column in source.frame.columns:
             usable.append(source)
         else:
             unplaced.append((source.name, f"asset column '{ingest.asset_column}' not found"))
     split = split_by_column(usable, ingest.asset_column)
-    return FleetInput(split.sources, split.rejected, unplaced, {r.name: r.digest for r in usable}, names)
+    return FleetInput(split.sources, split.rejected, unplaced, digests, names)
 
 
 def _read(name: str, path: Path, ingest: IngestConfig, unplaced: list[tuple[str, str]]) -> RawSource | None:

@@ -18,7 +18,7 @@ Three things cross a batch edge:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -160,7 +160,7 @@ def set_aside_late(result: IngestResult, last_timestamp_ns: int | None) -> Inges
     table, counts = result.table, {**result.counts, "late_rows": 0}
     late = utc_ns(table["timestamp"]) <= last_timestamp_ns if last_timestamp_ns is not None and len(table) else None
     if late is None or not late.any():
-        return IngestResult(**{**result.__dict__, "counts": counts})
+        return replace(result, counts=counts)
     last = iso_ns(last_timestamp_ns)
     gone = table[late]
     reason = f"late row: not after the last processed time {last}"
@@ -172,14 +172,8 @@ def set_aside_late(result: IngestResult, last_timestamp_ns: int | None) -> Inges
         late_rows=n_late, rows_clean=counts["rows_clean"] - n_late, rows_quarantined=counts["rows_quarantined"] + n_late
     )
     log.warning("%d row(s) at or before the last processed time %s set aside as late", n_late, last)
-    return IngestResult(
-        **{
-            **result.__dict__,
-            "table": table[~late].reset_index(drop=True),
-            "rejected": pd.concat([result.rejected, aside], ignore_index=True),
-            "counts": counts,
-        }
-    )
+    rejected = pd.concat([result.rejected, aside], ignore_index=True)
+    return replace(result, table=table[~late].reset_index(drop=True), rejected=rejected, counts=counts)
 
 
 @dataclass

@@ -15,9 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import PipelineConfig
-from pipeline.data.assets import read_normal_periods, split_by_column, split_by_folder
-from pipeline.data.files import RawSource
-from pipeline.data.fleet import read_fleet, set_aside_whole, validate_asset
+from pipeline.data.assets import read_normal_periods
+from pipeline.data.fleet import read_fleet, regroup, set_aside_whole, validate_asset
 from pipeline.detector.stream import Carry
 from pipeline.errors import InputError
 from pipeline.jobs.common import load_registered
@@ -41,7 +40,10 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     tracker, state = job.tracker, job.state
     quarantined = [(c.name, c.note) for c in candidates if c.kind == Kind.CHANGED]
     sources = job.read_new(candidates, config.ingest, quarantined)
-    pieces, rejected = _split(sources, config, quarantined)
+    new = regroup(list(sources.values()), config.ingest)
+    quarantined += new.unplaced  # a file no asset can be named for
+    new.unplaced = []
+    pieces, rejected = new.pieces, new.rejected
 
     # Models: each asset's champion; an asset without one (or all, on --retrain) trains first.
     champions = {a: load_registered(tracker, asset_model_name(job.model_name, a)) for a in pieces if _registered(job, a)}
@@ -95,14 +97,13 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     job.commit(candidates, sources, quarantined, folder, {asset: b.step.carry for asset, b in batches.items()})
 
     outcome = RunOutcome(job.run_id, folder, candidates, quarantined, None, model_version="per asset")
-    outcome.rows_in = sum(s.rows_in for s in summaries.values()) + len(set_aside[0])
+    outcome.rows_in = sum(s.rows_in for s in summaries.values()) + len(new.rejected)
     outcome.rows_written = sum(b.rows_written for b in batches.values()) + len(rejected)
     outcome.rows_held = sum(b.step.rows_held for b in batches.values())
     outcome.rows_flagged = sum(s.rows_flagged for s in summaries.values())
     outcome.events = sum(s.events for s in summaries.values())
     outcome.problems = [f"asset {s.asset}: {s.status}" for s in summaries.values() if s.status != "ok"]
-    if len(set_aside[0]):
-        outcome.problems.append(f"{len(set_aside[0])} row(s) set aside: {set_aside[0]['status'].value_counts().to_dict()}")
+    outcome.problems += new.problems()
     outcome.fleet_trained = trained
     if folder is not None:
         log_fleet_summary(tracker, summaries.values(), fleet_events({a: b.events_frame() for a, b in batches.items()}))
@@ -111,24 +112,6 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
 
 def _registered(job: RunContext, asset: str) -> bool:
     return job.tracker.latest_version(asset_model_name(job.model_name, asset)) is not None
-
-
-def _split(
-    sources: dict[str, RawSource], config: PipelineConfig, quarantined: list
-) -> tuple[dict[str, list[RawSource]], pd.DataFrame]:
-    """The new rows regrouped by asset; a file no asset can be named for is quarantined."""
-    if config.ingest.asset_folders:
-        by_folder, unplaced = split_by_folder([(name, Path(name)) for name in sources])
-        quarantined += unplaced
-        return {a: [sources[name] for name, _ in files] for a, files in by_folder.items()}, split_by_column([], "").rejected
-    usable = []
-    for name, source in sources.items():
-        if config.ingest.asset_column in source.frame.columns:
-            usable.append(source)
-        else:
-            quarantined.append((name, f"asset column '{config.ingest.asset_column}' not found"))
-    split = split_by_column(usable, config.ingest.asset_column)
-    return split.sources, split.rejected
 
 
 def _folder(job: RunContext, batches, rejected, summaries, candidates, sources, quarantined) -> RunFolder:

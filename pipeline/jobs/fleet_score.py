@@ -45,7 +45,7 @@ def score_fleet_job(
         fleet = read_fleet(files, ingest)
         summaries = {asset: AssetSummary(asset, rows_in=sum(len(p.frame) for p in fleet.pieces[asset])) for asset in fleet.assets}
         set_aside = [fleet.rejected]
-        problems = [f"{name}: {reason}" for name, reason in fleet.unplaced]
+        problems = fleet.problems()
         with contextlib.ExitStack() as downloads:
             ready = {}
             for asset in fleet.assets:
@@ -100,8 +100,6 @@ def score_fleet_job(
         tracker.log_artifact(out_dir / ANOMALIES_FILE)
         table = log_fleet_summary(tracker, summaries.values(), all_events, out_dir)
         problems += [f"asset {s.asset}: {s.status}" for s in summaries.values() if s.status != "ok"]
-        if len(fleet.rejected):
-            problems.append(f"{len(fleet.rejected)} row(s) set aside: {fleet.rejected['status'].value_counts().to_dict()}")
     log.info("scored %d of %d asset(s); reports in %s", len(outputs), len(table), out_dir)
     return FleetOutcome(run_id, table, problems)
 

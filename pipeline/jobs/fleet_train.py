@@ -59,9 +59,8 @@ def train_fleet_job(inputs: list[str | Path], config: PipelineConfig, model_name
         tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
         tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
         fleet = read_fleet(files, config.ingest)
-        problems = [f"{name}: {reason}" for name, reason in fleet.unplaced]
+        problems = fleet.problems()
         if len(fleet.rejected):
-            problems.append(f"{len(fleet.rejected)} row(s) set aside: {fleet.rejected['status'].value_counts().to_dict()}")
             with tempfile.TemporaryDirectory() as tmp:
                 tracker.log_artifact(atomic.write_csv(fleet.rejected, Path(tmp) / QUARANTINE_ARTIFACT))
         summaries = train_assets(tracker, model_name, fleet.pieces, config, periods, files)
