@@ -44,6 +44,10 @@ def _fleet(parser: argparse.ArgumentParser, periods: bool = False, workers: bool
         parser.add_argument("--normal-periods", metavar="FILE", help="fleets: CSV asset,start,end of normal periods")
     if workers:
         parser.add_argument("--workers", type=int, metavar="N", help="fleets: parallel processes (default: the number of cores)")
+        parser.add_argument(
+            "--engine", choices=["local", "spark"], help="fleets: local worker processes (default) or a Spark session"
+        )
+        parser.add_argument("--spark-master", metavar="URL", help="fleets with --engine spark: the master (default local[*])")
 
 
 def _settings(args: argparse.Namespace) -> PipelineConfig:
@@ -60,6 +64,8 @@ def _settings(args: argparse.Namespace) -> PipelineConfig:
             "ingest.asset_column": getattr(args, "asset_column", None),
             "ingest.asset_folders": getattr(args, "asset_folders", None) or None,
             "engine.workers": getattr(args, "workers", None),
+            "engine.kind": getattr(args, "engine", None),
+            "engine.spark_master": getattr(args, "spark_master", None),
         },
     )
 
@@ -229,9 +235,7 @@ def _fleet_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     else:
         from pipeline.jobs.fleet_score import score_fleet_job
 
-        outcome = score_fleet_job(
-            args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, config.engine.workers
-        )
+        outcome = score_fleet_job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, config.engine)
         verb = "scored"
     fleet = outcome.fleet
     done = int((fleet["status"] == "ok").sum())

@@ -212,7 +212,9 @@ class PromotionConfig(_Section):
 class EngineConfig(_Section):
     """How per-asset work is spread (fleets)."""
 
-    workers: int | None = Field(default=None, ge=1)  # parallel processes; default: the number of cores
+    kind: Literal["local", "spark"] = "local"  # local: worker processes on this machine; spark: a Spark session
+    workers: int | None = Field(default=None, ge=1)  # local: parallel processes; default: the number of cores
+    spark_master: str = "local[*]"  # spark: the master URL (local[N], spark://host:7077, yarn, ...)
 
 
 class PipelineConfig(_Section):

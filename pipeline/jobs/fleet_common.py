@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,11 @@ import pandas as pd
 from pipeline.config import IngestConfig
 from pipeline.data.assets import asset_key
 from pipeline.data.ingest import IngestResult
+from pipeline.data.loading import LoadedInput
 from pipeline.detector.bundle import load_bundle
 from pipeline.detector.fitting import FitReport, fit_bundle
 from pipeline.detector.scoring import RowScores, flag_events, score_rows
+from pipeline.engines import Task
 from pipeline.reports import plots
 from pipeline.reports.fleet import fleet_table
 from pipeline.store import atomic
@@ -46,18 +49,24 @@ def fleet_ingest_tag(ingest: IngestConfig) -> dict[str, str]:
     return {FLEET_INGEST_TAG: json.dumps({"asset_column": ingest.asset_column, "asset_folders": ingest.asset_folders})}
 
 
-def fit_asset_task(result: IngestResult, config, in_period: np.ndarray | None, folder: str) -> FitReport:
-    """Worker task: fit one asset's bundle and save it in ``folder``."""
-    bundle, fit = fit_bundle(result, config, in_period)
+def fit_asset_task(rows: pd.DataFrame, result: IngestResult, config, in_period: np.ndarray | None, folder: str) -> FitReport:
+    """Engine task: fit one asset's bundle on its validated ``rows`` (``result`` says the rest) and save it in ``folder``."""
+    bundle, fit = fit_bundle(replace(result, table=rows), config, in_period)
     bundle.save(Path(folder))
     return fit
 
 
-def score_asset_task(folder: str, table: pd.DataFrame, batch_size: int | None = None) -> tuple[RowScores, np.ndarray]:
-    """Worker task: one asset's row scores and event numbers with the bundle saved in ``folder``."""
+def score_asset_task(rows: pd.DataFrame, folder: str, batch_size: int | None = None) -> tuple[RowScores, np.ndarray]:
+    """Engine task: the row scores and event numbers of one asset's validated ``rows``, with the bundle saved in ``folder``."""
     bundle = load_bundle(Path(folder))
-    rows = score_rows(bundle, table, batch_size)
-    return rows, flag_events(bundle, rows)
+    scores = score_rows(bundle, rows, batch_size)
+    return scores, flag_events(bundle, scores)
+
+
+def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, folder: Path) -> Task:
+    """The engine task that fits one asset: its rows travel as rows, the rest of its ingest result beside them."""
+    result = loaded.result
+    return Task(result.table, (replace(result, table=result.table.iloc[:0]), config, in_period, str(folder)))
 
 
 def log_fleet_summary(tracker: Tracker, summaries, events: pd.DataFrame, out_dir: Path | None = None) -> pd.DataFrame:

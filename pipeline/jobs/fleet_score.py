@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.config import IngestConfig
+from pipeline.config import EngineConfig, IngestConfig
 from pipeline.data.files import discover_files
 from pipeline.data.fleet import read_fleet, set_aside_whole, validate_asset
 from pipeline.detector.bundle import load_bundle
-from pipeline.engines.local import Failed, map_assets
+from pipeline.engines import Failed, Task, map_assets
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs
 from pipeline.jobs.fleet_common import asset_model_name, asset_tags, fleet_ingest_tag, log_fleet_summary, score_asset_task
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def score_fleet_job(
-    inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig, workers: int | None
+    inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig, engine: EngineConfig
 ) -> FleetOutcome:
     """Score each asset of the inputs with its champion and write the fleet reports into ``out_dir``."""
     tracker = Tracker(tracking_uri, model_name)
@@ -68,8 +68,8 @@ def score_fleet_job(
                     summaries[asset].status, summaries[asset].rows_set_aside = reason, summaries[asset].rows_in
                     continue
                 ready[asset] = (folder, bundle, found.version, loaded)
-            tasks = {asset: (str(folder), loaded.result.table) for asset, (folder, _, _, loaded) in ready.items()}
-            scored = map_assets(score_asset_task, tasks, workers)
+            tasks = {asset: Task(loaded.result.table, (str(folder),)) for asset, (folder, _, _, loaded) in ready.items()}
+            scored = map_assets(score_asset_task, tasks, engine)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         events, quality, outputs = {}, {}, []

@@ -20,13 +20,14 @@ from pipeline.data.files import discover_files
 from pipeline.data.fleet import read_fleet, validate_asset
 from pipeline.data.loading import LoadedInput
 from pipeline.detector.fitting import normal_mask, rows_needed
-from pipeline.engines.local import Failed, map_assets
+from pipeline.engines import Failed, map_assets
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs
 from pipeline.jobs.fleet_common import (
     asset_model_name,
     asset_tags,
     fit_asset_task,
+    fit_task,
     fleet_ingest_tag,
     log_fleet_summary,
 )
@@ -89,13 +90,15 @@ def train_assets(
             if ready is not None:
                 loaded[asset] = ready
                 in_period = periods.mask(asset, ready.result.table["timestamp"]) if periods else None
-                tasks[asset] = (ready.result, config, in_period, str(Path(bundles) / asset_key(asset) / BUNDLE_FOLDER))
-        fits = map_assets(fit_asset_task, tasks, config.engine.workers)
+                tasks[asset] = fit_task(ready, config, in_period, Path(bundles) / asset_key(asset) / BUNDLE_FOLDER)
+        fits = map_assets(fit_asset_task, tasks, config.engine)
         for asset, fit in fits.items():
             if isinstance(fit, Failed):
                 summaries[asset].status = f"not trained: {fit.reason}"
                 continue
-            summaries[asset] = _register(tracker, model_name, asset, loaded[asset], Path(tasks[asset][3]), fit, config, files)
+            summaries[asset] = _register(
+                tracker, model_name, asset, loaded[asset], Path(tasks[asset].args[-1]), fit, config, files
+            )
     return summaries
 
 
