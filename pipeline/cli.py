@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 unexpected failure; 2 bad input or config; 3 another ru
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -143,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
     )
     skab.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+
+    fleet = suites.add_parser("fleet", help="generate a fleet, train a model per asset and score it; wall time, memory, faults")
+    fleet.add_argument("--assets", type=int, default=100, metavar="N", help="assets in the fleet (default 100)")
+    fleet.add_argument("--rows", type=int, default=20_000, metavar="R", help="rows per asset, 1-minute steps (default 20,000)")
+    fleet.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the generated fleet, reports and fleet_benchmark.json"
+    )
+    fleet.add_argument("--config", metavar="FILE", help="product settings for training (YAML; default: the defaults)")
+    fleet.add_argument("--workers", type=int, metavar="N", help="local engine: parallel processes (default: the number of cores)")
+    fleet.add_argument("--engine", choices=["local", "spark"], default="local", help="per-asset engine (default local)")
+    fleet.add_argument("--spark-master", metavar="URL", help="with --engine spark: the master (default local[*])")
+    fleet.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
+    fleet.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
     return parser
 
 
@@ -161,6 +175,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if out and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
 
+    if args.command == "benchmark" and args.suite == "fleet":
+        return _fleet_benchmark(args)
     if args.command == "benchmark":
         from pipeline.benchmark.skab import run_benchmark
 
@@ -300,6 +316,26 @@ def _print_warnings(lines: list[str]) -> None:
     """One ``warning:`` line on stderr per file with more than ingest.max_set_aside_share set aside."""
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
+
+
+def _fleet_benchmark(args: argparse.Namespace) -> int:
+    from pipeline.benchmark.fleet import run_fleet_benchmark
+
+    if args.assets < 1 or args.rows < 2:
+        raise InputError(f"--assets {args.assets} --rows {args.rows}: need at least one asset and two rows")
+    engine = ["--engine", args.engine]
+    engine += ["--workers", str(args.workers)] if args.workers else []
+    engine += ["--spark-master", args.spark_master] if args.spark_master else []
+    figures = run_fleet_benchmark(args.assets, args.rows, Path(args.out), args.tracking_uri, engine, args.config)
+    print(json.dumps(figures, indent=2))
+    train, score = figures["train"], figures["score"]
+    peak = max(train["peak_rss_mb"], score["peak_rss_mb"])
+    print(
+        f"fleet {figures['assets']} x {figures['rows_per_asset']} ({figures['engine']}): train {train['seconds']:.0f} s, "
+        f"score {score['seconds']:.0f} s ({score['rows_per_second']:.0f} rows/s), peak {peak:.0f} MB; "
+        f"faults caught {figures['faults_caught']} of {figures['faults']}, false events {figures.get('false_events', 'n/a')}"
+    )
+    return 0 if train["exit_code"] == 0 and score["exit_code"] == 0 else 1
 
 
 def _print_benchmark(summary: dict, out: Path) -> None:

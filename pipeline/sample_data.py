@@ -54,8 +54,19 @@ def _lag(signal: np.ndarray, steps: float) -> np.ndarray:
     return np.concatenate([signal[:1], out])
 
 
-def generate(days: float = 14, seed: int = 7, faults: list[Fault] = FAULTS, step_seconds: int = 60) -> pd.DataFrame:
-    """A frame with ``timestamp`` (naive, UTC) and the eight sensors, one row every ``step_seconds``."""
+def generate(
+    days: float = 14,
+    seed: int = 7,
+    faults: list[Fault] = FAULTS,
+    step_seconds: int = 60,
+    phase_hours: float = 0.0,
+    load_swing: float = 0.22,
+) -> pd.DataFrame:
+    """A frame with ``timestamp`` (naive, UTC) and the eight sensors, one row every ``step_seconds``.
+
+    ``phase_hours`` shifts the daily load cycle and ``load_swing`` sets its amplitude (machines of
+    one fleet run on different schedules).
+    """
     rng = np.random.default_rng(seed)
     n = int(days * 86400 // step_seconds)
     minutes = np.arange(n) * (step_seconds / 60.0)
@@ -63,7 +74,7 @@ def generate(days: float = 14, seed: int = 7, faults: list[Fault] = FAULTS, step
     per_minute = 60.0 / step_seconds  # samples per minute: time constants are given in minutes
     wander = np.cumsum(rng.normal(0, 0.002 / np.sqrt(per_minute), n))
     wander -= _lag(wander, 600 * per_minute)  # keep the random walk from drifting far
-    load = 0.7 + 0.22 * np.sin(2 * np.pi * (hours - 8) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
+    load = 0.7 + load_swing * np.sin(2 * np.pi * (hours - 8 - phase_hours) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
     data = {
         "vibration_rms": 2.0 + 1.2 * load + rng.normal(0, 0.08, n),
         "motor_current": 28 + 42 * load + rng.normal(0, 0.5, n),

@@ -55,6 +55,10 @@ PRODUCT_CONFIG_ARTIFACT = "product_config.yaml"
 THROUGHPUT_JSON = "throughput.json"
 THROUGHPUT_TRAIN_CONFIG = "train.yaml"
 THROUGHPUT_TRAINED = "trained.json"
+FLEET_BENCHMARK_JSON = "fleet_benchmark.json"
+FLEET_BENCHMARK_TRAIN = "train"  # the generated fleet: the normal leading part, one folder per asset
+FLEET_BENCHMARK_SCORE = "score"  # the rest, where faults are injected
+FLEET_BENCHMARK_FAULTS = "faults.csv"
 
 
 def event_plot(event_id: int) -> str:
