@@ -217,6 +217,12 @@ class EngineConfig(_Section):
     spark_master: str = "local[*]"  # spark: the master URL (local[N], spark://host:7077, yarn, ...)
 
 
+class FleetConfig(_Section):
+    """Fleets: how the assets' models are trained."""
+
+    shared_model: bool = False  # one autoencoder for all assets (each scaled, normalised and thresholded on its own)
+
+
 class PipelineConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -229,6 +235,7 @@ class PipelineConfig(_Section):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+    fleet: FleetConfig = Field(default_factory=FleetConfig)
 
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key`` -> value, for logging as parameters."""

@@ -38,7 +38,7 @@ import pandas as pd
 from pipeline.benchmark.peers import PEERS, run_peer
 from pipeline.config import PipelineConfig, to_yaml, with_overrides
 from pipeline.data.loading import load_input
-from pipeline.detector.bundle import load_bundle
+from pipeline.detector.bundle import ModelBundle, load_bundle
 from pipeline.detector.fitting import fit_bundle
 from pipeline.detector.scoring import flag_events, score_rows
 from pipeline.errors import InputError
@@ -123,15 +123,19 @@ def run_product(path: Path, frame: pd.DataFrame, base: PipelineConfig | None = N
     config = product_config(frame, base)
     loaded = load_input([(path.name, path)], config.ingest)
     fitted, _ = fit_bundle(loaded.result, config)
+    return predict_test_rows(fitted, loaded.result.table, len(frame))
+
+
+def predict_test_rows(fitted: ModelBundle, table: pd.DataFrame, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flags and scores of a file's test rows (400..end) by a fitted bundle, as ``score`` gives them."""
     with tempfile.TemporaryDirectory(prefix="skab-bundle-") as folder:
         # Round trip through the bundle folder, as ``train`` then ``score`` do (NumPy twin, bundle.json).
         bundle = load_bundle(fitted.save(Path(folder)))
-    table = loaded.result.table
     rows = score_rows(bundle, table)
     flagged = flag_events(bundle, rows) > 0
     # Map back to the file's rows: rows set aside by ingest are not flagged and have no score.
-    anomaly = np.zeros(len(frame), dtype=np.int8)
-    score = np.full(len(frame), np.nan)
+    anomaly = np.zeros(n_rows, dtype=np.int8)
+    score = np.full(n_rows, np.nan)
     file_rows = table["row"].to_numpy()
     anomaly[file_rows] = flagged
     score[file_rows] = rows.score

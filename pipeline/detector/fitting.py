@@ -32,7 +32,7 @@ from pipeline.detector.window_error import (
     window_scores,
 )
 from pipeline.errors import InputError
-from pipeline.features.scaler import fit_scaler, wandering_sensors
+from pipeline.features.scaler import Scaler, fit_scaler, wandering_sensors
 from pipeline.features.windows import segment_ids, window_starts
 from pipeline.utc import utc_ns
 
@@ -80,6 +80,21 @@ def rows_needed(config: PipelineConfig) -> int:
     return max(int(np.ceil(window / fit_share)), int(np.ceil(1 / smallest_part)))
 
 
+@dataclass
+class Prepared:
+    """One table's normal rows, scaled, with the start rows of each part's windows."""
+
+    result: IngestResult
+    scaler: Scaler
+    values: np.ndarray  # scaled normal rows, (n_normal, n_sensors)
+    times: pd.Series  # their timestamps
+    stretch: np.ndarray  # gap-free stretch of consecutive normal rows of one part, per normal row
+    part: np.ndarray  # TRAIN, VALIDATION or CALIBRATION, per normal row
+    starts: dict[str, np.ndarray]  # "training", "validation", "calibration" -> window start rows
+    interval: float
+    max_gap: float
+
+
 def fit_bundle(
     result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None
 ) -> tuple[ModelBundle, FitReport]:
@@ -90,6 +105,36 @@ def fit_bundle(
     Raises:
         InputError: too few normal rows, or no window in one of the parts.
     """
+    prepared = prepare_fit(result, config, in_period)
+    return calibrate(prepared, train_on([prepared], config), config)
+
+
+def fit_shared(
+    results: dict[str, IngestResult], config: PipelineConfig, in_periods: dict[str, np.ndarray | None]
+) -> dict[str, tuple[ModelBundle, FitReport]]:
+    """One autoencoder for all tables (``fleet.shared_model``), each scaled by its own scaler, with
+    its own error normalisation and threshold.
+
+    The model trains on every table's training windows (a window never spans two tables) and
+    stops early on all their validation windows. A sensor that wanders in one table is judged by
+    shape in all of them, since the model sees it centred.
+
+    Raises:
+        InputError: the tables do not have the same sensors, or one of them cannot be fitted.
+    """
+    first = next(iter(results.values()))
+    for name, result in results.items():
+        if result.sensors != first.sensors:
+            raise InputError(f"fleet.shared_model needs the same sensors in every asset: {name} has {', '.join(result.sensors)}")
+    prepared = {name: prepare_fit(result, config, in_periods.get(name)) for name, result in results.items()}
+    centred = sorted(set().union(*(p.scaler.centred for p in prepared.values())), key=first.sensors.index)
+    prepared = {name: replace(p, scaler=replace(p.scaler, centred=centred)) for name, p in prepared.items()}
+    trained = train_on(list(prepared.values()), config)
+    return {name: calibrate(p, trained, config) for name, p in prepared.items()}
+
+
+def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None) -> Prepared:
+    """The normal rows of a table, scaled on its training rows, split in parts and cut into windows."""
     table = result.table
     window = config.features.window_size
     normal = normal_mask(table, config, in_period)
@@ -117,35 +162,46 @@ def fit_bundle(
         log.info("judged by shape, not level (they wander in training): %s", ", ".join(wandering))
         scaler = replace(scaler, centred=wandering)
     stride = config.features.stride
-    train_starts = part_starts(stretch, part, TRAIN, window, stride)
-    val_starts = part_starts(stretch, part, VALIDATION, window, stride)
-    holdout_starts = part_starts(stretch, part, CALIBRATION, window, 1)
-    for name, starts in (("training", train_starts), ("validation", val_starts), ("calibration", holdout_starts)):
-        if starts.size == 0:
+    starts = {
+        "training": part_starts(stretch, part, TRAIN, window, stride),
+        "validation": part_starts(stretch, part, VALIDATION, window, stride),
+        "calibration": part_starts(stretch, part, CALIBRATION, window, 1),
+    }
+    for name, found in starts.items():
+        if found.size == 0:
             raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
-    log.info(
-        "training on %d windows, early stopping on %d, calibrating on %d",
-        train_starts.size,
-        val_starts.size,
-        holdout_starts.size,
-    )
+    log.info("training on %d windows, early stopping on %d, calibrating on %d", *(s.size for s in starts.values()))
+    times = table["timestamp"][normal]
+    return Prepared(result, scaler, values, times, stretch, part, starts, interval, float(max_gap))
 
+
+def train_on(prepared: list[Prepared], config: PipelineConfig):
+    """The autoencoder trained on the training windows of all the prepared tables (one table: the usual case)."""
     from pipeline.model.training import train_autoencoder  # TensorFlow only where training needs it
 
-    trained = train_autoencoder(values, train_starts, val_starts, window, config.model, scaler.centred_mask)
+    offsets = np.cumsum([0] + [len(p.values) for p in prepared[:-1]])
+    values = np.concatenate([p.values for p in prepared]) if len(prepared) > 1 else prepared[0].values
+    train_starts = np.concatenate([p.starts["training"] + o for p, o in zip(prepared, offsets)])
+    val_starts = np.concatenate([p.starts["validation"] + o for p, o in zip(prepared, offsets)])
+    window = config.features.window_size
+    return train_autoencoder(values, train_starts, val_starts, window, config.model, prepared[0].scaler.centred_mask)
 
-    # The calibration windows' scores, formed exactly as scoring will form them.
+
+def calibrate(prepared: Prepared, trained, config: PipelineConfig) -> tuple[ModelBundle, FitReport]:
+    """Error normalisation and threshold of one table on its calibration windows, scored as new data will be."""
+    result, scaler, values, window = prepared.result, prepared.scaler, prepared.values, config.features.window_size
+    holdout_starts = prepared.starts["calibration"]
     scoring = config.scoring
     rule = ErrorRule.from_config(scoring, scaler.centred_mask)
     batches = predicted_energy(trained.model, values, holdout_starts, window, scoring.batch_size, rule)
     energy = np.concatenate([batch for _, batch in batches])
-    times = table["timestamp"][normal]
+    times = prepared.times
     times_ns = utc_ns(times)
     ends_ns = times_ns[holdout_starts + window - 1]
     error_scale = drift_rate = drift_reference = None
     if scoring.normalise_sensors:
         error_scale = fit_error_scale(energy / window)
-        fit_rows = np.flatnonzero(part == TRAIN)
+        fit_rows = np.flatnonzero(prepared.part == TRAIN)
         drift_rate = fit_drift_rate(values[fit_rows], times_ns[fit_rows])
         drift_reference = times.iloc[int(fit_rows[-1])].isoformat()
         normaliser = ErrorNormaliser(
@@ -153,15 +209,15 @@ def fit_bundle(
         )
         rule = replace(rule, normaliser=normaliser)
     errors, _ = window_scores(energy, window, rule, ends_ns)
-    errors = smooth_trailing(errors, scoring.smoothing_rows, stretch[holdout_starts])
+    errors = smooth_trailing(errors, scoring.smoothing_rows, prepared.stretch[holdout_starts])
     errors = errors[np.isfinite(errors)]
     threshold = calibrate_threshold(errors, config.threshold)
     log.info("threshold %.5g (%s %s)", threshold.value, threshold.method, threshold.params)
 
     rows = {
-        "normal_rows": n_normal,
-        "train_windows": int(train_starts.size),
-        "validation_windows": int(val_starts.size),
+        "normal_rows": len(values),
+        "train_windows": int(prepared.starts["training"].size),
+        "validation_windows": int(prepared.starts["validation"].size),
         "calibration_windows": int(holdout_starts.size),
     }
     bundle = ModelBundle(
@@ -170,8 +226,8 @@ def fit_bundle(
         threshold=threshold,
         config=config,
         timestamp_column=result.timestamp_column,
-        sampling_interval_seconds=interval,
-        max_gap_seconds=float(max_gap),
+        sampling_interval_seconds=prepared.interval,
+        max_gap_seconds=prepared.max_gap,
         training={**rows, "normal_until": config.training.normal_until, "label_column": config.ingest.label_column},
         error_scale=error_scale,
         drift_rate=drift_rate,

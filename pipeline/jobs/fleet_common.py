@@ -22,9 +22,10 @@ from pipeline.data.assets import asset_key
 from pipeline.data.ingest import IngestResult
 from pipeline.data.loading import LoadedInput
 from pipeline.detector.bundle import load_bundle
-from pipeline.detector.fitting import FitReport, fit_bundle
+from pipeline.detector.fitting import FitReport, fit_bundle, fit_shared
 from pipeline.detector.scoring import RowScores, flag_events, score_rows
-from pipeline.engines import Task
+from pipeline.engines import Failed, Task
+from pipeline.errors import PipelineError
 from pipeline.reports import plots
 from pipeline.reports.fleet import fleet_table
 from pipeline.store import atomic
@@ -61,6 +62,21 @@ def score_asset_task(rows: pd.DataFrame, folder: str, batch_size: int | None = N
     bundle = load_bundle(Path(folder))
     scores = score_rows(bundle, rows, batch_size)
     return scores, flag_events(bundle, scores)
+
+
+def fit_shared_model(tasks: dict[str, Task], config) -> dict[str, FitReport | Failed]:
+    """``fleet.shared_model``: one autoencoder for the assets of ``tasks`` (trained here, as one task), each
+    asset's bundle saved in its task's folder; every asset ``Failed`` when the shared fit is impossible."""
+    if not tasks:
+        return {}
+    results = {asset: replace(task.args[0], table=task.rows) for asset, task in tasks.items()}
+    try:
+        fitted = fit_shared(results, config, {asset: task.args[2] for asset, task in tasks.items()})
+    except PipelineError as exc:
+        return {asset: Failed(f"shared model: {exc}") for asset in tasks}
+    for asset, (bundle, _) in fitted.items():
+        bundle.save(Path(tasks[asset].args[3]))
+    return {asset: fit for asset, (_, fit) in fitted.items()}
 
 
 def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, folder: Path) -> Task:

@@ -27,6 +27,7 @@ from pipeline.jobs.fleet_common import (
     asset_model_name,
     asset_tags,
     fit_asset_task,
+    fit_shared_model,
     fit_task,
     fleet_ingest_tag,
     log_fleet_summary,
@@ -91,7 +92,7 @@ def train_assets(
                 loaded[asset] = ready
                 in_period = periods.mask(asset, ready.result.table["timestamp"]) if periods else None
                 tasks[asset] = fit_task(ready, config, in_period, Path(bundles) / asset_key(asset) / BUNDLE_FOLDER)
-        fits = map_assets(fit_asset_task, tasks, config.engine)
+        fits = fit_shared_model(tasks, config) if config.fleet.shared_model else map_assets(fit_asset_task, tasks, config.engine)
         for asset, fit in fits.items():
             if isinstance(fit, Failed):
                 summaries[asset].status = f"not trained: {fit.reason}"
