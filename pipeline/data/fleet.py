@@ -7,6 +7,7 @@ repairs; one asset's rows never change another's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +55,33 @@ def read_fleet(files: list[tuple[str, Path]], ingest: IngestConfig) -> FleetInpu
     fleet.unplaced[:0] = unreadable
     fleet.sources = [name for name, _ in files]
     return fleet
+
+
+def fleet_waves(files: list[tuple[str, Path]], ingest: IngestConfig, assets_per_wave: int) -> Iterator[FleetInput]:
+    """The fleet's input a few assets at a time, in asset order (each wave a ``FleetInput``).
+
+    With asset folders only a wave's files are read, so memory follows the wave. With an asset
+    column every file must be read before any asset is complete; each wave's rows are then
+    handed over and dropped, so only the raw files are held at once.
+    """
+    if ingest.asset_folders:
+        by_folder, unplaced = split_by_folder(files)
+        assets = sorted(by_folder)
+        for start in range(0, len(assets), assets_per_wave):
+            wave = read_fleet([f for asset in assets[start : start + assets_per_wave] for f in by_folder[asset]], ingest)
+            if start == 0:
+                wave.unplaced[:0] = unplaced
+            yield wave
+        if not assets:
+            yield FleetInput({}, empty_rejected(), unplaced, {}, [name for name, _ in files])
+        return
+    fleet = read_fleet(files, ingest)
+    assets = fleet.assets
+    for start in range(0, max(len(assets), 1), assets_per_wave):
+        first = start == 0
+        pieces = {asset: fleet.pieces.pop(asset) for asset in assets[start : start + assets_per_wave]}
+        rejected = fleet.rejected if first else empty_rejected()
+        yield FleetInput(pieces, rejected, fleet.unplaced if first else [], fleet.digests, fleet.sources)
 
 
 def regroup(sources: list[RawSource], ingest: IngestConfig) -> FleetInput:

@@ -13,9 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.config import EngineConfig
-from pipeline.engines.local import Failed, Task, map_local
+from pipeline.engines.local import Failed, Task, default_workers, map_local
 
-__all__ = ["Failed", "Task", "map_assets"]
+__all__ = ["Failed", "Task", "map_assets", "wave_size"]
+
+SPARK_WAVE = 32  # assets per wave on Spark, where the cluster's size is not known here
 
 
 def map_assets(function: Callable[..., Any], tasks: dict[str, Task], engine: EngineConfig) -> dict[str, Any]:
@@ -25,3 +27,9 @@ def map_assets(function: Callable[..., Any], tasks: dict[str, Task], engine: Eng
 
         return map_spark(function, tasks, engine.spark_master)
     return map_local(function, tasks, engine.workers)
+
+
+def wave_size(engine: EngineConfig) -> int:
+    """Assets held in memory at once by a fleet command: enough to keep every worker busy, few enough
+    that memory follows the largest assets, not the fleet."""
+    return SPARK_WAVE if engine.kind == "spark" else 2 * (engine.workers or default_workers())

@@ -9,16 +9,20 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from pipeline.config import EngineConfig, IngestConfig
+from pipeline.data.assets import empty_rejected
 from pipeline.data.files import discover_files
-from pipeline.data.fleet import read_fleet, set_aside_whole, validate_asset
+from pipeline.data.fleet import FleetInput, fleet_waves, set_aside_whole, validate_asset
 from pipeline.detector.bundle import load_bundle
-from pipeline.engines import Failed, Task, map_assets
+from pipeline.engines import Failed, Task, map_assets, wave_size
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs
 from pipeline.jobs.fleet_common import asset_model_name, asset_tags, fleet_ingest_tag, log_fleet_summary, score_asset_task
@@ -36,78 +40,118 @@ log = logging.getLogger(__name__)
 def score_fleet_job(
     inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig, engine: EngineConfig
 ) -> FleetOutcome:
-    """Score each asset of the inputs with its champion and write the fleet reports into ``out_dir``."""
+    """Score each asset of the inputs with its champion and write the fleet reports into ``out_dir``.
+
+    Assets are taken a wave at a time (``fleet_waves``); each wave's scores are spilled to disk
+    and streamed into ``scores.csv`` at the end, so memory follows the wave, not the fleet.
+    """
     tracker = Tracker(tracking_uri, model_name)
     files = discover_files(inputs)
     tags = {"model_name": model_name, "fleet": model_name, **fleet_ingest_tag(ingest)}
     with tracker.run("score", run_name=f"score fleet {model_name} {describe_inputs(inputs)}", tags=tags) as run_id:
         tracker.record_input_paths([path for _, path in files])
-        fleet = read_fleet(files, ingest)
-        summaries = {asset: AssetSummary(asset, rows_in=sum(len(p.frame) for p in fleet.pieces[asset])) for asset in fleet.assets}
-        set_aside = [fleet.rejected]
-        problems = fleet.problems()
-        with contextlib.ExitStack() as downloads:
-            ready = {}
-            for asset in fleet.assets:
-                try:
-                    registered = asset_model_name(model_name, asset)
-                    found = tracker.model_version(registered, None, alias=CHAMPION)
-                    folder = downloads.enter_context(tracker.downloaded_bundle(registered, found.version))
-                    bundle = load_bundle(folder)
-                    loaded = validate_asset(
-                        asset,
-                        fleet.pieces[asset],
-                        scoring_ingest(bundle),
-                        bundle.sensors,
-                        bundle.timestamp_column,
-                        **bundle.input_hints(),
-                    )
-                except InputError as exc:
-                    reason = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"
-                    set_aside.append(set_aside_whole(asset, fleet.pieces[asset], f"asset {asset} {reason}"))
-                    summaries[asset].status, summaries[asset].rows_set_aside = reason, summaries[asset].rows_in
-                    continue
-                ready[asset] = (folder, bundle, found.version, loaded)
-            tasks = {asset: Task(loaded.result.table, (str(folder),)) for asset, (folder, _, _, loaded) in ready.items()}
-            scored = map_assets(score_asset_task, tasks, engine)
-
-        out_dir.mkdir(parents=True, exist_ok=True)
-        events, quality, outputs = {}, {}, []
-        for asset, (_, bundle, version, loaded) in ready.items():
-            result = scored[asset]
-            if isinstance(result, Failed):
-                summaries[asset].status = f"not scored: {result.reason}"
-                continue
-            rows, event = result
-            events[asset] = summarise_events(
-                loaded.result.table, rows, event, bundle.threshold.value, bundle.sensors, version, run_id
-            )
-            quality[asset] = loaded.quality
-            summary = summaries[asset]
-            summary.model_version, summary.threshold = version, bundle.threshold.value
-            summary.rows_scored, summary.rows_flagged = int(np.isfinite(rows.score).sum()), int((event > 0).sum())
-            summary.rows_set_aside, summary.events = len(loaded.result.rejected), len(events[asset])
-            outputs.append((asset, loaded, rows, event, bundle.threshold.value))
-            _log_asset(tracker, model_name, asset, version, summary)
-
-        sensors = list(dict.fromkeys(s for _, loaded, *_ in outputs for s in loaded.result.sensors))
-        schema = fleet_scores_schema(sensors)
-        rejected = pd.concat([f for f in set_aside if len(f)] or [fleet.rejected], ignore_index=True)
-        atomic.write_csv_batches(_fleet_batches(outputs, rejected, schema), schema, out_dir / SCORES_FILE)
-        all_events = fleet_events(events)
+        done = _Scored()
+        with tempfile.TemporaryDirectory(prefix="fleet-scores-") as spill:
+            for number, wave in enumerate(fleet_waves(files, ingest, wave_size(engine))):
+                done.problems += wave.problems()
+                done.set_aside.append(wave.rejected)
+                _score_wave(tracker, model_name, run_id, wave, ingest, engine, Path(spill) / f"wave-{number}.arrow", done)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            schema = fleet_scores_schema(list(dict.fromkeys(done.sensors)))
+            rejected = pd.concat([f for f in done.set_aside if len(f)] or [empty_rejected()], ignore_index=True)
+            atomic.write_csv_batches(_fleet_batches(done.spills, rejected, schema), schema, out_dir / SCORES_FILE)
+        all_events = fleet_events(done.events)
         atomic.write_csv(all_events, out_dir / ANOMALIES_FILE)
-        atomic.write_text(json.dumps(quality, indent=2), out_dir / QUALITY_FILE)
+        atomic.write_text(json.dumps(done.quality, indent=2), out_dir / QUALITY_FILE)
         tracker.log_artifact(out_dir / ANOMALIES_FILE)
-        table = log_fleet_summary(tracker, summaries.values(), all_events, out_dir)
-        problems += [f"asset {s.asset}: {s.status}" for s in summaries.values() if s.status != "ok"]
-    log.info("scored %d of %d asset(s); reports in %s", len(outputs), len(table), out_dir)
+        table = log_fleet_summary(tracker, done.summaries.values(), all_events, out_dir)
+        problems = done.problems + [f"asset {s.asset}: {s.status}" for s in done.summaries.values() if s.status != "ok"]
+    log.info("scored %d of %d asset(s); reports in %s", int((table["status"] == "ok").sum()), len(table), out_dir)
     return FleetOutcome(run_id, table, problems)
 
 
-def _fleet_batches(outputs, rejected: pd.DataFrame, schema):
-    """Asset by asset (sorted), each in input order per source; then the rows no model could score."""
-    for asset, loaded, rows, event, threshold in outputs:
-        yield from with_asset(scores_batches(loaded.result, rows, event, threshold, loaded.sources), asset, schema)
+@dataclass
+class _Scored:
+    """What the waves have produced so far (everything but the rows' scores, which are spilled)."""
+
+    summaries: dict[str, AssetSummary] = field(default_factory=dict)
+    events: dict[str, pd.DataFrame] = field(default_factory=dict)
+    quality: dict[str, dict] = field(default_factory=dict)
+    sensors: list[str] = field(default_factory=list)
+    set_aside: list[pd.DataFrame] = field(default_factory=list)
+    spills: list[Path] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _score_wave(tracker, model_name, run_id, wave: FleetInput, ingest, engine, spill: Path, done: _Scored) -> None:
+    """Validate and score one wave's assets on the engine; their scores go to ``spill``."""
+    for asset in wave.assets:
+        done.summaries[asset] = AssetSummary(asset, rows_in=sum(len(p.frame) for p in wave.pieces[asset]))
+    with contextlib.ExitStack() as downloads:
+        ready = {}
+        for asset in wave.assets:
+            try:
+                registered = asset_model_name(model_name, asset)
+                found = tracker.model_version(registered, None, alias=CHAMPION)
+                folder = downloads.enter_context(tracker.downloaded_bundle(registered, found.version))
+                bundle = load_bundle(folder)
+                pieces = wave.pieces[asset]
+                loaded = validate_asset(
+                    asset, pieces, scoring_ingest(bundle), bundle.sensors, bundle.timestamp_column, **bundle.input_hints()
+                )
+            except InputError as exc:
+                reason = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"
+                done.set_aside.append(set_aside_whole(asset, wave.pieces[asset], f"asset {asset} {reason}"))
+                done.summaries[asset].status, done.summaries[asset].rows_set_aside = reason, done.summaries[asset].rows_in
+                continue
+            ready[asset] = (folder, bundle, found.version, loaded)
+        tasks = {asset: Task(loaded.result.table, (str(folder),)) for asset, (folder, _, _, loaded) in ready.items()}
+        scored = map_assets(score_asset_task, tasks, engine)
+
+    writer, schema = None, None
+    for asset, (_, bundle, version, loaded) in ready.items():
+        result = scored[asset]
+        if isinstance(result, Failed):
+            done.summaries[asset].status = f"not scored: {result.reason}"
+            continue
+        rows, event = result
+        done.events[asset] = summarise_events(
+            loaded.result.table, rows, event, bundle.threshold.value, bundle.sensors, version, run_id
+        )
+        done.quality[asset] = loaded.quality
+        done.sensors += loaded.result.sensors
+        summary = done.summaries[asset]
+        summary.model_version, summary.threshold = version, bundle.threshold.value
+        summary.rows_scored, summary.rows_flagged = int(np.isfinite(rows.score).sum()), int((event > 0).sum())
+        summary.rows_set_aside, summary.events = len(loaded.result.rejected), len(done.events[asset])
+        own = fleet_scores_schema(loaded.result.sensors)
+        for batch in with_asset(scores_batches(loaded.result, rows, event, bundle.threshold.value, loaded.sources), asset, own):
+            if writer is None or schema != batch.schema:
+                schema = batch.schema
+                writer = _reopen(writer, spill.with_name(f"{spill.stem}-{len(done.spills)}.arrow"), schema, done.spills)
+            writer.write_batch(batch)
+        _log_asset(tracker, model_name, asset, version, summary)
+    if writer is not None:
+        writer.close()
+
+
+def _reopen(writer, path: Path, schema: pa.Schema, spills: list[Path]):
+    """A new spill file for batches of another schema (assets with other sensors)."""
+    if writer is not None:
+        writer.close()
+    spills.append(path)
+    return pa.ipc.new_file(str(path), schema)
+
+
+def _fleet_batches(spills: list[Path], rejected: pd.DataFrame, schema: pa.Schema):
+    """Asset by asset (sorted), each in input order per source, read back from the spills; then the rows no model could score."""
+    for path in spills:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                batch = reader.get_batch(i)
+                if batch.num_rows:
+                    yield from with_asset([batch], batch.column(0)[0].as_py(), schema)
     yield from set_aside_batches(rejected, schema)
 
 
