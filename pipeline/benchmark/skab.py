@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.benchmark.peers import PEERS, run_peer
+from pipeline.benchmark.peers import PEERS, PYOD_PEERS, available_peers, run_peer
 from pipeline.benchmark.summary import GROUPS, DetectorResult, render_markdown, summarise
 from pipeline.config import PipelineConfig, to_yaml, with_overrides
 from pipeline.data.loading import load_input
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 TRAIN_ROWS = 400
 PRODUCT = "product"
-DETECTORS = (PRODUCT, *PEERS)
+DETECTORS = (PRODUCT, *PEERS, *PYOD_PEERS)
 LABEL_COLUMNS = ["anomaly", "changepoint"]
 EXPERIMENT = "skab-benchmark"
 TRACKED_EVENT_FIGURES = ("event_precision", "event_recall", "event_f1", "false_events_per_1000_normal_rows")
@@ -151,10 +151,13 @@ def run_benchmark(
     Raises:
         InputError: unknown detector, or the data folder is not SKAB.
     """
-    detectors = list(detectors or DETECTORS)
+    detectors = list(detectors or (PRODUCT, *available_peers()))
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise InputError(f"--detector: unknown {', '.join(unknown)}; known: {', '.join(DETECTORS)}")
+    missing = sorted(set(detectors) - {PRODUCT, *available_peers()})
+    if missing:
+        raise InputError(f"--detector: {', '.join(missing)} need PyOD: pip install 'anomaly-pipeline[bench]'")
     files = discover(data_dir)
     started = time.perf_counter()
     results = {name: DetectorResult() for name in detectors}
