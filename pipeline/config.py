@@ -194,20 +194,20 @@ class ThresholdConfig(_Section):
 
 
 class EventsConfig(_Section):
-    """How flagged rows become events."""
+    """How flagged rows become events (an alarm state machine; README "How it decides")."""
 
     min_event_rows: int = Field(default=3, ge=1)  # shorter runs above threshold are not flagged
     merge_gap_rows: int = Field(default=0, ge=0)  # events this close are merged into one
-    # Hysteresis (an alarm state machine): once entered, an event goes on while the score stays
-    # above release_ratio x threshold, and ends only after release_rows rows in a row at or below
-    # it (a shorter dip joins the event). 1.0 and 1 (the defaults): it ends with the last row above threshold.
-    release_ratio: float = Field(default=1.0, gt=0, le=1)
+    # Hysteresis: once entered, an event goes on while the score stays above release_ratio x
+    # threshold, and ends only after release_rows rows in a row at or below it (a shorter dip
+    # joins the event). 1.0 and 1: it ends with the last row above threshold.
+    release_ratio: float = Field(default=0.5, gt=0, le=1)
     release_rows: int = Field(default=1, ge=1)
-    # The same settings in time ('5min'), converted with the sampling interval measured at training
-    # (see ``resolve_durations``); a duration, when given, replaces its row count.
-    min_event_duration: str | None = None  # an event lasts at least this long: ceil(duration / interval) rows
-    merge_gap_duration: str | None = None  # floor(duration / interval) rows
-    release_duration: str | None = None  # ceil(duration / interval) rows
+    # The same settings in time ('60s', '5min'), converted with the sampling interval measured at
+    # training (``resolve_events``); each takes the larger of its row count and its duration in rows.
+    min_event_duration: str | None = "60s"  # an event's entry run lasts at least this long (an on-delay)
+    merge_gap_duration: str | None = None
+    release_duration: str | None = None
 
     @field_validator("min_event_duration", "merge_gap_duration", "release_duration")
     @classmethod
@@ -271,14 +271,16 @@ def _rows(duration: str, interval_seconds: float, rounding: str) -> int:
 
 
 def resolve_events(events: EventsConfig, interval_seconds: float) -> EventsConfig:
-    """The event policy with its durations (if any) turned into rows of ``interval_seconds``."""
+    """The event policy with its durations (if any) in rows of ``interval_seconds``: each row count
+    becomes the larger of itself and its duration in rows (``min_event`` and ``release``: rounded
+    up, ``merge_gap``: down). Applying it twice changes nothing."""
     update = {}
     if events.min_event_duration:
-        update["min_event_rows"] = max(1, _rows(events.min_event_duration, interval_seconds, "ceil"))
+        update["min_event_rows"] = max(events.min_event_rows, _rows(events.min_event_duration, interval_seconds, "ceil"))
     if events.merge_gap_duration:
-        update["merge_gap_rows"] = max(0, _rows(events.merge_gap_duration, interval_seconds, "floor"))
+        update["merge_gap_rows"] = max(events.merge_gap_rows, _rows(events.merge_gap_duration, interval_seconds, "floor"))
     if events.release_duration:
-        update["release_rows"] = max(1, _rows(events.release_duration, interval_seconds, "ceil"))
+        update["release_rows"] = max(events.release_rows, _rows(events.release_duration, interval_seconds, "ceil"))
     return events.model_copy(update=update) if update else events
 
 

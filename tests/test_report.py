@@ -43,7 +43,7 @@ def test_hysteresis_holds_an_event_until_the_score_stays_below_the_release_level
     expected = np.array([0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
     np.testing.assert_array_equal(returned, expected)
     # Without hysteresis the event ends with the last row above the threshold.
-    plain = assign_events(score, 1.0, np.zeros(12), EventsConfig(min_event_rows=2))
+    plain = assign_events(score, 1.0, np.zeros(12), EventsConfig(min_event_rows=2, release_ratio=1.0))
     np.testing.assert_array_equal(plain, np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
 
 
