@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--detector",
         nargs="+",
         metavar="NAME",
-        help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae",
+        help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae, ecod, pyod_iforest (PyOD)",
     )
     skab.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
     skab.add_argument(

@@ -30,6 +30,20 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _positive_duration(value: str | None) -> str | None:
+    """A pandas duration such as '10min', '7D' or '30s', kept as its text; ``None`` passes."""
+    if value is not None:
+        import pandas as pd  # the CLI parses arguments without pandas
+
+        try:
+            ok = pd.Timedelta(value) > pd.Timedelta(0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError("must be a positive duration, e.g. '10min', '30s' or '7D'")
+    return value
+
+
 class IngestConfig(_Section):
     """How raw sensor files are read and repaired."""
 
@@ -119,16 +133,7 @@ class TrainingConfig(_Section):
     @field_validator("normal_first")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            import pandas as pd  # the CLI parses arguments without pandas
-
-            try:
-                ok = pd.Timedelta(value) > pd.Timedelta(0)
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError("must be a positive duration, e.g. '7D' or '12h'")
-        return value
+        return _positive_duration(value)
 
     # Train even when more than ingest.max_set_aside_share of a file's rows were set aside (--allow-set-aside).
     allow_set_aside: bool = False
@@ -144,6 +149,14 @@ class FeaturesConfig(_Section):
     # an eighth of them wanders (a temperature warming all through training): each window of it is
     # centred on its own mean, so it is judged by its shape, not by a level it never held (0 = off).
     wander_ratio: float = Field(default=1.5, ge=0)
+    # The window as a duration ('10min'): at training it becomes window_size rows of the sampling
+    # interval measured on the normal rows (at least 2), and the bundle records both.
+    window_duration: str | None = None
+
+    @field_validator("window_duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        return _positive_duration(value)
 
 
 class ModelConfig(_Section):
@@ -181,10 +194,25 @@ class ThresholdConfig(_Section):
 
 
 class EventsConfig(_Section):
-    """How flagged rows become events."""
+    """How flagged rows become events (an alarm state machine; README "How it decides")."""
 
     min_event_rows: int = Field(default=3, ge=1)  # shorter runs above threshold are not flagged
     merge_gap_rows: int = Field(default=0, ge=0)  # events this close are merged into one
+    # Hysteresis: once entered, an event goes on while the score stays above release_ratio x
+    # threshold, and ends only after release_rows rows in a row at or below it (a shorter dip
+    # joins the event). 1.0 and 1: it ends with the last row above threshold.
+    release_ratio: float = Field(default=0.5, gt=0, le=1)
+    release_rows: int = Field(default=1, ge=1)
+    # The same settings in time ('60s', '5min'), converted with the sampling interval measured at
+    # training (``resolve_events``); each takes the larger of its row count and its duration in rows.
+    min_event_duration: str | None = "60s"  # an event's entry run lasts at least this long (an on-delay)
+    merge_gap_duration: str | None = None
+    release_duration: str | None = None
+
+    @field_validator("min_event_duration", "merge_gap_duration", "release_duration")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        return _positive_duration(value)
 
 
 class ScoringConfig(_Section):
@@ -240,6 +268,44 @@ class PipelineConfig(_Section):
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key`` -> value, for logging as parameters."""
         return {f"{section}.{key}": value for section, values in self.model_dump().items() for key, value in values.items()}
+
+
+def _rows(duration: str, interval_seconds: float, rounding: str) -> int:
+    import math
+
+    import pandas as pd
+
+    ratio = pd.Timedelta(duration).total_seconds() / interval_seconds
+    return {"ceil": math.ceil(ratio - 1e-9), "floor": math.floor(ratio + 1e-9), "round": round(ratio)}[rounding]
+
+
+def resolve_events(events: EventsConfig, interval_seconds: float) -> EventsConfig:
+    """The event policy with its durations (if any) in rows of ``interval_seconds``: each row count
+    becomes the larger of itself and its duration in rows (``min_event`` and ``release``: rounded
+    up, ``merge_gap``: down). Applying it twice changes nothing."""
+    update = {}
+    if events.min_event_duration:
+        update["min_event_rows"] = max(events.min_event_rows, _rows(events.min_event_duration, interval_seconds, "ceil"))
+    if events.merge_gap_duration:
+        update["merge_gap_rows"] = max(events.merge_gap_rows, _rows(events.merge_gap_duration, interval_seconds, "floor"))
+    if events.release_duration:
+        update["release_rows"] = max(events.release_rows, _rows(events.release_duration, interval_seconds, "ceil"))
+    return events.model_copy(update=update) if update else events
+
+
+def resolve_durations(config: PipelineConfig, interval_seconds: float) -> PipelineConfig:
+    """``config`` with every duration setting turned into rows of the sampling interval.
+
+    ``features.window_duration`` -> ``window_size`` (rounded, at least 2); the event durations
+    as in ``resolve_events``. The durations stay in the config beside the rows they gave.
+    """
+    features = config.features
+    if features.window_duration:
+        features = features.model_copy(update={"window_size": max(2, _rows(features.window_duration, interval_seconds, "round"))})
+    events = resolve_events(config.events, interval_seconds)
+    if features is config.features and events is config.events:
+        return config
+    return config.model_copy(update={"features": features, "events": events})
 
 
 def _describe(error: ValidationError, origin: str) -> str:

@@ -64,6 +64,30 @@ def _steady_then_shifted(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return values, labels
 
 
+@pytest.mark.parametrize("name", ["ecod", "pyod_iforest"])
+def test_pyod_peers_on_windows_flag_a_sensor_leaving_its_range(name):
+    pytest.importorskip("pyod")
+    values, labels = _steady_then_shifted()
+    result = run_peer(name, values, test_start=400)
+    assert result.anomaly.shape == result.score.shape == (100,)
+    test_labels = labels[400:]
+    # A row's window is its 32 rows: from row 481 on, the whole window is shifted.
+    whole = np.arange(400, 500) >= 481
+    assert result.score[whole].min() > result.score[test_labels == 0].max()
+    assert result.anomaly[whole].all()
+
+
+def test_pyod_peers_are_named_only_where_pyod_is_installed(tmp_path, monkeypatch, capsys):
+    from pipeline.benchmark import peers
+
+    monkeypatch.setattr(peers, "pyod_available", lambda: False)
+    assert "ecod" not in peers.available_peers() and "conv_ae" in peers.available_peers()
+    (tmp_path / "d" / "valve1").mkdir(parents=True)
+    argv = ["benchmark", "skab", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), "--detector", "ecod"]
+    assert main(argv) == 2
+    assert "need PyOD" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["isolation_forest", "pca_t2q"])
 def test_classic_peers_flag_a_sensor_leaving_its_range(name):
     values, labels = _steady_then_shifted()
@@ -192,7 +216,19 @@ def test_benchmark_command_end_to_end_on_two_real_files(tmp_path, capsys):
     assert o["tp"] + o["fp"] + o["fn"] + o["tn"] == sum(
         len(pd.read_csv(data / g / f"{n}.csv", sep=";")) - 400 for g, n in (("valve1", "1"), ("other", "2"))
     )
-    assert "| product |" in (out / "summary.md").read_text()
+    markdown = (out / "summary.md").read_text()
+    assert "| product |" in markdown and "## Event-wise" in markdown and "analysis figure" in markdown
+    # Event-wise counts, recomputed from the written flags; the oracle is marked as an analysis figure.
+    from pipeline.evaluation.event_metrics import event_counts
+
+    total = None
+    for group, name in (("valve1", "1"), ("other", "2")):
+        labels = pd.read_csv(data / group / f"{name}.csv", sep=";")["anomaly"].to_numpy()[400:]
+        flags = pd.read_csv(out / "predictions" / group / f"{name}.csv")["anomaly"].to_numpy()
+        total = event_counts(flags, labels) if total is None else total + event_counts(flags, labels)
+    assert o["events"] == total.figures()
+    assert o["oracle"]["note"].startswith("analysis figure") and o["oracle"]["f1"] >= 0
+    assert o["score_quality"]["files"] == 2 and 0 <= o["score_quality"]["roc_auc"] <= 1
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("skab-benchmark")
@@ -201,7 +237,7 @@ def test_benchmark_command_end_to_end_on_two_real_files(tmp_path, capsys):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert len(parents) == 1 and sorted(r.data.tags["detector"] for r in children) == ["isolation_forest", "pca_t2q", "product"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert {"f1", "far", "mar", "valve1_f1", "other_mar"} <= set(
+    assert {"f1", "far", "mar", "valve1_f1", "other_mar", "event_f1", "valve1_event_recall"} <= set(
         next(r for r in children if r.data.tags["detector"] == "product").data.metrics
     )
     artifacts = [a.path for a in client.list_artifacts(parents[0].info.run_id)]

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline.config import PipelineConfig, load_config, to_yaml, with_overrides
 from pipeline.errors import InputError
@@ -82,3 +83,31 @@ def test_overrides_leave_unset_settings_unset(tmp_path):
     returned = with_overrides(load_config(path), {"ingest.asset_column": "asset", "training.normal_until": None})
     assert returned.ingest.model_fields_set == {"decimal", "asset_column"}
     assert returned.ingest.source_timezone == "UTC" and "training" not in returned.model_fields_set
+
+
+def test_durations_become_rows_of_the_sampling_interval_at_two_rates():
+    from pipeline.config import resolve_durations
+
+    config = PipelineConfig.model_validate(
+        {
+            "features": {"window_duration": "10min"},
+            "events": {"min_event_duration": "15min", "merge_gap_duration": "12min", "release_duration": "11min"},
+        }
+    )
+    per_second = resolve_durations(config, 1.0)
+    assert per_second.features.window_size == 600
+    assert (per_second.events.min_event_rows, per_second.events.merge_gap_rows, per_second.events.release_rows) == (900, 720, 660)
+    five_minutes = resolve_durations(config, 300.0)
+    assert five_minutes.features.window_size == 2  # 10 min / 5 min
+    # at least 15 min: 3 rows; gaps up to 12 min: 2 rows; release after 11 min: 3 rows
+    assert (five_minutes.events.min_event_rows, five_minutes.events.merge_gap_rows, five_minutes.events.release_rows) == (3, 2, 3)
+    # The durations stay beside the rows they gave; the input config is unchanged.
+    assert five_minutes.features.window_duration == "10min" and config.features.window_size == 32
+    # A window never shrinks below 2 rows; without durations nothing changes.
+    assert resolve_durations(config, 3600.0).features.window_size == 2
+    assert resolve_durations(PipelineConfig(), 300.0) == PipelineConfig()
+
+
+def test_a_duration_that_is_not_one_names_the_field():
+    with pytest.raises(ValidationError, match="positive duration"):
+        PipelineConfig.model_validate({"events": {"release_duration": "soon"}})

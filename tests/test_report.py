@@ -32,6 +32,30 @@ def test_events_never_cross_a_group_and_skip_unscored_rows():
     np.testing.assert_array_equal(returned, expected)
 
 
+def test_hysteresis_holds_an_event_until_the_score_stays_below_the_release_level():
+    # threshold 1.0, release level 0.5 x 1.0, release after 2 rows at or below it.
+    score = np.array([0, 2, 2, 0.8, 0.3, 0.9, 0.3, 0.2, 0.8, 2, 0.1, 0.1], dtype=float)
+    config = EventsConfig(min_event_rows=2, release_ratio=0.5, release_rows=2)
+    returned = assign_events(score, 1.0, np.zeros(12), config)
+    # Enter at row 1 (two rows above 1.0); 0.8 keeps it, the one-row dip at 0.3 joins, 0.9 keeps it,
+    # two rows <= 0.5 (6, 7) release it after row 5. Row 8 (0.8) is above release but below the threshold:
+    # no new event; row 9 alone is shorter than min_event_rows.
+    expected = np.array([0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(returned, expected)
+    # Without hysteresis the event ends with the last row above the threshold.
+    plain = assign_events(score, 1.0, np.zeros(12), EventsConfig(min_event_rows=2, release_ratio=1.0))
+    np.testing.assert_array_equal(plain, np.array([0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]))
+
+
+def test_hysteresis_joins_kept_runs_through_a_short_dip_but_not_across_a_group():
+    score = np.array([2, 2, 0.6, 2, 2, 0.6, 2, 2], dtype=float)
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    config = EventsConfig(min_event_rows=2, release_ratio=0.5, release_rows=1)
+    returned = assign_events(score, 1.0, groups, config)
+    expected = np.array([1, 1, 1, 1, 1, 0, 2, 2])  # row 2 (above 0.5) joins; row 5 starts a new group
+    np.testing.assert_array_equal(returned, expected)
+
+
 def test_top_sensors_lists_largest_shares():
     returned = top_sensors(np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], k=2)
     expected = "b (60%); c (30%)"

@@ -1,7 +1,8 @@
 """Detection quality on real industrial data: the product's defaults on a few SKAB files.
 
 The files come from ../shared/data/skab (never copied into the repository) and are from the
-valve2 group, which played no part in choosing the defaults (they were chosen on valve1).
+valve2 group. The model defaults were chosen on valve1; the event policy's (issue 12) with the
+three groups as folds, so valve2 was one fold's held-out group and two folds' tuning data.
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def test_default_detector_on_held_out_skab_files_beats_a_floor():
     # Flagging every test row gives F1 of about 0.7 with FAR 100 %: the floor needs both figures.
     assert total.f1 >= F1_FLOOR, total.figures()
     assert total.far <= FAR_CEILING, total.figures()
+    assert total.mar <= MAR_CEILING, total.figures()
 
 
-F1_FLOOR = 0.80  # measured 0.88 (FAR 17 %, MAR 12 %) at the defaults of this commit
-FAR_CEILING = 0.25
+# Measured 0.890 / FAR 14.1 % / MAR 12.2 % at the defaults of this commit (0.881 / 16.6 % / 12.4 %
+# before the 60 s on-delay and the hysteresis release); the floors sit just below.
+F1_FLOOR = 0.88
+FAR_CEILING = 0.15
+MAR_CEILING = 0.13

@@ -33,22 +33,23 @@ def batched_events(score: np.ndarray, groups: np.ndarray, cuts: list[int], confi
 
 @settings(max_examples=300, deadline=None)
 @given(
-    values=st.lists(st.sampled_from([0.0, 0.0, 5.0, 5.0, np.nan]), min_size=1, max_size=60),
+    values=st.lists(st.sampled_from([0.0, 0.0, 0.7, 5.0, 5.0, np.nan]), min_size=1, max_size=60),
     gaps=st.lists(st.integers(0, 59), max_size=3),
     cuts=st.lists(st.integers(0, 60), max_size=6),
     min_rows=st.integers(1, 4),
     merge=st.integers(0, 3),
+    release=st.sampled_from([(1.0, 1), (0.5, 1), (0.5, 3), (1.0, 2)]),
 )
-def test_any_cut_gives_the_events_of_one_run(values, gaps, cuts, min_rows, merge):
+def test_any_cut_gives_the_events_of_one_run(values, gaps, cuts, min_rows, merge, release):
     score = np.asarray(values)
     groups = np.zeros(score.size, dtype=np.int64)
     for g in gaps:
         groups[g:] += 1
-    config = EventsConfig(min_event_rows=min_rows, merge_gap_rows=merge)
+    config = EventsConfig(min_event_rows=min_rows, merge_gap_rows=merge, release_ratio=release[0], release_rows=release[1])
     expected = assign_events(score, 1.0, groups, config)
     returned, held = batched_events(score, groups, [c for c in cuts if c < score.size], config)
     written = returned >= 0
-    assert held <= min_rows - 1 + merge
+    assert held <= min_rows - 1 + max(merge, release[1] - 1)
     assert written[: score.size - held].all() and not written[score.size - held :].any()
     np.testing.assert_array_equal(returned[written], expected[written])
     # The rows held back at the end are the same as one run holds back: flags equal throughout.

@@ -149,3 +149,18 @@ def test_a_sensor_that_wanders_in_training_is_judged_by_shape_and_a_step_elsewhe
     flagged = bundle.threshold.value < score_rows(bundle, _result(frame).table).score
     assert not flagged[600:800].any()  # only the temperature is new there: no alarm
     assert flagged[810:900].mean() > 0.9
+
+
+def test_window_and_event_durations_are_converted_with_the_measured_interval_and_kept(tiny_frame, tmp_path):
+    config = tiny_config().model_copy(
+        update={
+            "features": tiny_config().features.model_copy(update={"window_duration": "16min"}),
+            "events": tiny_config().events.model_copy(update={"min_event_duration": "3min"}),
+        }
+    )
+    bundle, _ = fit_bundle(_result(tiny_frame), config)  # one row a minute
+    assert bundle.sampling_interval_seconds == 60.0
+    assert bundle.window_size == 16 and bundle.config.events.min_event_rows == 3
+    again = load_bundle(bundle.save(tmp_path / "bundle"))
+    assert again.window_size == 16 and again.config.features.window_duration == "16min"
+    assert again.config.events.min_event_duration == "3min" and again.config.events.min_event_rows == 3

@@ -15,11 +15,17 @@ before ``test_start`` as window context, never their labels (it never sees label
   10 % validation split, early stopping after 5). A window's residual is the sum over sensors of
   the mean absolute error over its rows; the limit is the 0.999 quantile of the training
   windows' residuals times 4/3; a row is flagged when every window that holds it exceeds.
+- ``ecod``, ``pyod_iforest`` (optional, the ``[bench]`` extra: PyOD): PyOD's ECOD and its
+  IForest with their off-the-shelf settings (``contamination=0.1``: the limit is the 0.9 quantile
+  of the training windows' scores) on the product's default windows: each row is the window of
+  ``WINDOW_ROWS`` standardised rows ending at it, flattened; fitted on the windows that lie in
+  the training rows. Without PyOD installed they are left out of the default peers.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +35,8 @@ from sklearn.ensemble import IsolationForest
 from sklearn.preprocessing import StandardScaler
 
 PEERS = ("isolation_forest", "pca_t2q", "conv_ae")
+PYOD_PEERS = ("ecod", "pyod_iforest")  # need PyOD (the [bench] extra)
+WINDOW_ROWS = 32  # the product's default features.window_size
 # The leaderboard does not state its setting; 0.001 comes closest to its figures (see README).
 IF_CONTAMINATION = 0.001
 
@@ -50,7 +58,34 @@ def run_peer(name: str, values: np.ndarray, test_start: int, seed: int = 0, epoc
         return _pca_t2q(values, test_start)
     if name == "conv_ae":
         return _conv_ae(values, test_start, seed, epochs=epochs)
-    raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+    if name in PYOD_PEERS:
+        return _pyod_windows(name, values, test_start, seed)
+    raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS + PYOD_PEERS)}")
+
+
+def pyod_available() -> bool:
+    return importlib.util.find_spec("pyod") is not None
+
+
+def available_peers() -> tuple[str, ...]:
+    """The peers this installation can run: the PyOD ones only where PyOD is installed."""
+    return PEERS + (PYOD_PEERS if pyod_available() else ())
+
+
+def _pyod_windows(name: str, values: np.ndarray, test_start: int, seed: int, window: int = WINDOW_ROWS) -> PeerResult:
+    from pyod.models.ecod import ECOD
+    from pyod.models.iforest import IForest
+
+    from pipeline.features.windows import window_view
+
+    scaler = StandardScaler().fit(values[:test_start])
+    scaled = scaler.transform(values)
+    flat = window_view(scaled, window).reshape(-1, window * values.shape[1])  # row i: the window ending at row i + window - 1
+    train = flat[: test_start - window + 1]
+    detector = ECOD() if name == "ecod" else IForest(random_state=seed)
+    detector.fit(train)
+    test = flat[test_start - window + 1 :]
+    return PeerResult(anomaly=detector.predict(test).astype(np.int8), score=detector.decision_function(test))
 
 
 def _isolation_forest(values: np.ndarray, test_start: int, seed: int) -> PeerResult:

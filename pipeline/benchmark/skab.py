@@ -22,37 +22,36 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing
 import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.benchmark.peers import PEERS, run_peer
+from pipeline.benchmark.peers import PEERS, PYOD_PEERS, available_peers, run_peer
+from pipeline.benchmark.summary import GROUPS, DetectorResult, render_markdown, summarise
 from pipeline.config import PipelineConfig, to_yaml, with_overrides
 from pipeline.data.loading import load_input
 from pipeline.detector.bundle import ModelBundle, load_bundle
 from pipeline.detector.fitting import fit_bundle
 from pipeline.detector.scoring import flag_events, score_rows
 from pipeline.errors import InputError
-from pipeline.evaluation.metrics import Counts, confusion
 from pipeline.store.names import PEERS_FOLDER, PREDICTIONS_FOLDER, PRODUCT_CONFIG_ARTIFACT, SUMMARY_JSON, SUMMARY_MD
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("valve1", "valve2", "other")
 TRAIN_ROWS = 400
 PRODUCT = "product"
-DETECTORS = (PRODUCT, *PEERS)
+DETECTORS = (PRODUCT, *PEERS, *PYOD_PEERS)
 LABEL_COLUMNS = ["anomaly", "changepoint"]
 EXPERIMENT = "skab-benchmark"
+TRACKED_EVENT_FIGURES = ("event_precision", "event_recall", "event_f1", "false_events_per_1000_normal_rows")
 
 
 @dataclass
@@ -64,12 +63,6 @@ class SkabFile:
     @property
     def key(self) -> str:
         return f"{self.group}/{self.name}"
-
-
-@dataclass
-class DetectorResult:
-    counts: dict[str, Counts] = field(default_factory=dict)  # file key -> counts
-    seconds: float = 0.0
 
 
 def discover(data_dir: Path) -> list[SkabFile]:
@@ -162,10 +155,13 @@ def run_benchmark(
     Raises:
         InputError: unknown detector, or the data folder is not SKAB.
     """
-    detectors = list(detectors or DETECTORS)
+    detectors = list(detectors or (PRODUCT, *available_peers()))
     unknown = sorted(set(detectors) - set(DETECTORS))
     if unknown:
         raise InputError(f"--detector: unknown {', '.join(unknown)}; known: {', '.join(DETECTORS)}")
+    missing = sorted(set(detectors) - {PRODUCT, *available_peers()})
+    if missing:
+        raise InputError(f"--detector: {', '.join(missing)} need PyOD: pip install 'anomaly-pipeline[bench]'")
     files = discover(data_dir)
     started = time.perf_counter()
     results = {name: DetectorResult() for name in detectors}
@@ -188,7 +184,7 @@ def run_benchmark(
             for name in detectors:
                 anomaly, score, seconds = outputs[name]
                 results[name].seconds += seconds
-                results[name].counts[skab.key] = confusion(anomaly, labels)
+                results[name].add(skab.key, anomaly, score, labels)
                 folder = out_dir / PREDICTIONS_FOLDER if name == PRODUCT else out_dir / PEERS_FOLDER / name
                 _write_predictions(folder / skab.group / f"{skab.name}.csv", frame["datetime"].iloc[TRAIN_ROWS:], anomaly, score)
             log.info("file %d of %d: %s done", number, len(files), skab.key)
@@ -196,7 +192,7 @@ def run_benchmark(
         if pool:
             pool.shutdown(cancel_futures=True)
     wall = time.perf_counter() - started
-    summary = summarise(results, files, wall)
+    summary = summarise(results, [(f.group, f.key) for f in files], wall, TRAIN_ROWS)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / SUMMARY_JSON).write_text(json.dumps(summary, indent=2))
     (out_dir / SUMMARY_MD).write_text(render_markdown(summary))
@@ -229,73 +225,6 @@ def _write_predictions(path: Path, datetimes: pd.Series, anomaly: np.ndarray, sc
     frame.to_csv(path, index=False, float_format="%.6g")
 
 
-def summarise(results: dict[str, DetectorResult], files: list[SkabFile], wall_seconds: float) -> dict[str, Any]:
-    """Figures per detector: overall, per group and per file, with counts and seconds."""
-    detectors = {}
-    for name, result in results.items():
-        groups = {}
-        for group in GROUPS:
-            keys = [f.key for f in files if f.group == group]
-            if keys:
-                groups[group] = sum((result.counts[k] for k in keys), Counts()).figures()
-        overall = sum(result.counts.values(), Counts()).figures()
-        detectors[name] = {
-            "overall": overall,
-            "groups": groups,
-            "files": {key: counts.figures() for key, counts in result.counts.items()},
-            "seconds": round(result.seconds, 2),
-        }
-    return {
-        "protocol": (
-            f"SKAB outlier detection: fit on rows 0..{TRAIN_ROWS - 1}, predict rows {TRAIN_ROWS}..end, "
-            "point-wise counts summed over files"
-        ),
-        "files": len(files),
-        "wall_seconds": round(wall_seconds, 2),
-        "detectors": detectors,
-    }
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f} %"
-
-
-def _f1(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def render_markdown(summary: dict[str, Any]) -> str:
-    lines = [
-        "# SKAB benchmark",
-        "",
-        f"{summary['protocol']}; {summary['files']} files; wall time {summary['wall_seconds']:.1f} s.",
-        "",
-        "| detector | F1 | FAR | MAR | " + " | ".join(f"{g} F1 / FAR / MAR" for g in GROUPS) + " | seconds |",
-        "|---|---|---|---|" + "---|" * len(GROUPS) + "---|",
-    ]
-    for name, result in summary["detectors"].items():
-        o = result["overall"]
-        cells = [
-            f"{_f1(g['f1'])} / {_pct(g['far'])} / {_pct(g['mar'])}" if (g := result["groups"].get(group)) else "-"
-            for group in GROUPS
-        ]
-        lines.append(
-            f"| {name} | {_f1(o['f1'])} | {_pct(o['far'])} | {_pct(o['mar'])} | "
-            + " | ".join(cells)
-            + f" | {result['seconds']:.1f} |"
-        )
-    names = list(summary["detectors"])
-    lines += ["", "## Per file (F1 / FAR / MAR)", "", "| file | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    keys = list(next(iter(summary["detectors"].values()))["files"]) if names else []
-    for key in keys:
-        cells = []
-        for name in names:
-            f = summary["detectors"][name]["files"][key]
-            cells.append(f"{_f1(f['f1'])} / {_pct(f['far'])} / {_pct(f['mar'])}")
-        lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def _track(summary: dict[str, Any], out_dir: Path, tracking_uri: str | None, config: PipelineConfig | None) -> None:
     from pipeline.tracking import Tracker
 
@@ -314,4 +243,6 @@ def _track(summary: dict[str, Any], out_dir: Path, tracking_uri: str | None, con
                 metrics = {"seconds": result["seconds"]}
                 for scope, figures in [("", result["overall"])] + [(f"{g}_", v) for g, v in result["groups"].items()]:
                     metrics.update({f"{scope}{k}": figures[k] for k in ("f1", "far", "mar") if figures[k] is not None})
+                    events = figures["events"]
+                    metrics.update({f"{scope}{k}": v for k, v in events.items() if k in TRACKED_EVENT_FIGURES and v is not None})
                 tracker.log_metrics(metrics)

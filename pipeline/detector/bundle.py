@@ -27,6 +27,8 @@ BUNDLE_FORMAT = 1
 # Scoring settings added after bundles were first written, with the value those bundles were
 # calibrated under: an older bundle keeps scoring as it did, whatever the new defaults are.
 SCORING_BEFORE_SETTING = {"combine": "mean", "offset_weight": 0.0}
+# Bundles made before the event policy had hysteresis and durations: no release, no durations.
+EVENTS_BEFORE_SETTING = {"release_ratio": 1.0, "release_rows": 1, "min_event_duration": None}
 
 
 @dataclass
@@ -136,4 +138,5 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
 
 def _with_settings_it_was_made_under(config: dict[str, Any]) -> dict[str, Any]:
     scoring = config.get("scoring", {})
-    return {**config, "scoring": {**SCORING_BEFORE_SETTING, **scoring}}
+    events = config.get("events", {})
+    return {**config, "scoring": {**SCORING_BEFORE_SETTING, **scoring}, "events": {**EVENTS_BEFORE_SETTING, **events}}

@@ -3,7 +3,11 @@
 Event policy (``events`` config):
 1. a row exceeds when its score is above the threshold;
 2. runs of exceeding rows shorter than ``min_event_rows`` are dropped (one-row blips);
-3. kept runs at most ``merge_gap_rows`` rows apart are merged into one event (the rows between
+3. hysteresis: a kept run goes on while the score stays above ``release_ratio`` x threshold and
+   ends only once ``release_rows`` rows in a row are at or below that level (the rows of a
+   shorter dip belong to the event); kept runs so joined are one event. The defaults (1.0, 1)
+   leave the runs as they are;
+4. events at most ``merge_gap_rows`` rows apart are merged into one event (the rows between
    become part of it).
 Events never cross a gap in time (the ``groups`` passed in).
 
@@ -38,7 +42,7 @@ def assign_events(score: np.ndarray, threshold: float, groups: np.ndarray, confi
     starts = np.flatnonzero(exceeds & (~previous | new_group))
     ends = np.flatnonzero(exceeds & (~following | next_new_group))
     keep = ends - starts + 1 >= config.min_event_rows
-    starts, ends = starts[keep], ends[keep]
+    starts, ends = release_ends(score, threshold, groups, config, starts[keep], ends[keep])
     event = np.zeros(n, dtype=np.int64)
     number = 0
     last_end = -1
@@ -52,6 +56,35 @@ def assign_events(score: np.ndarray, threshold: float, groups: np.ndarray, confi
         event[start_fill : end + 1] = number
         last_end = end
     return event
+
+
+def hysteresis_on(config: EventsConfig) -> bool:
+    return config.release_ratio < 1 or config.release_rows > 1
+
+
+def release_ends(
+    score: np.ndarray, threshold: float, groups: np.ndarray, config: EventsConfig, starts: np.ndarray, ends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rule 3 (hysteresis): kept runs ``starts``/``ends`` (first and last rows) -> the events' first and last rows.
+
+    Stretches above the release level joined across dips shorter than ``release_rows`` (never
+    across a group) form components; a kept run ends where its component ends, and kept runs in
+    one component become one event.
+    """
+    if not hysteresis_on(config) or starts.size == 0:
+        return starts, ends
+    above = np.nan_to_num(score, nan=-np.inf) > threshold * config.release_ratio
+    new_group = np.concatenate([[True], groups[1:] != groups[:-1]])
+    up_s = np.flatnonzero(above & (~np.concatenate([[False], above[:-1]]) | new_group))
+    up_e = np.flatnonzero(above & (~np.concatenate([above[1:], [False]]) | np.concatenate([new_group[1:], [True]])))
+    dip = up_s[1:] - up_e[:-1] - 1
+    joined = (dip < config.release_rows) & (groups[up_s[1:]] == groups[up_e[:-1]])
+    component = np.concatenate([[0], np.cumsum(~joined)])
+    component_end = up_e[np.flatnonzero(np.concatenate([component[1:] != component[:-1], [True]]))]
+    # A kept run lies above the threshold, hence above the release level: inside one stretch.
+    of_run = component[np.searchsorted(up_s, ends, side="right") - 1]
+    first = np.concatenate([[True], of_run[1:] != of_run[:-1]])
+    return starts[first], component_end[of_run[first]]
 
 
 @dataclass
@@ -159,9 +192,9 @@ def _undecided_from(score, groups, threshold, config, event, synthetic, open_eve
     last_group = groups[-1]
     in_group = np.flatnonzero(groups != last_group)
     group_start = int(in_group[-1]) + 1 if in_group.size else 0
+    if event[-1] != 0:  # an event still going on: decided, and the next rows may extend it
+        return n, int(event[-1])
     if exceeds[-1]:
-        if event[-1] != 0:  # a kept run still going on: decided, and the next rows may extend it
-            return n, int(event[-1])
         below = np.flatnonzero(~exceeds[group_start:])
         candidate = group_start + (int(below[-1]) + 1 if below.size else 0)  # a short run that may grow
     else:
@@ -174,7 +207,8 @@ def _undecided_from(score, groups, threshold, config, event, synthetic, open_eve
         last_end, last_id = -1, int(open_event_id)
     else:
         return candidate, None
-    if candidate <= last_end + config.merge_gap_rows + 1:  # a run starting there could still merge
+    # A run starting there could still merge, or (hysteresis) the dip after the event is still short.
+    if candidate <= last_end + max(config.merge_gap_rows, config.release_rows - 1) + 1:
         return last_end + 1, last_id
     return candidate, None
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, resolve_durations
 from pipeline.data.ingest import IngestResult
 from pipeline.data.quality import sampling_interval_seconds
 from pipeline.detector.bundle import ModelBundle
@@ -136,16 +136,18 @@ def fit_shared(
 def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None) -> Prepared:
     """The normal rows of a table, scaled on its training rows, split in parts and cut into windows."""
     table = result.table
-    window = config.features.window_size
     normal = normal_mask(table, config, in_period)
     n_normal = int(normal.sum())
+    interval = sampling_interval_seconds(table["timestamp"][normal]) if n_normal > 1 else 1.0
+    # Settings given as durations become rows of the interval measured here; the bundle keeps both.
+    config = resolve_durations(config, interval)
+    window = config.features.window_size
     needed = rows_needed(config)
     if n_normal < needed:
         raise InputError(
             f"{', '.join(sorted(table['source'].unique()))}: {n_normal} normal rows, need at least {needed} "
             f"for window_size={window} (fewer rows than the windows need; lower features.window_size or give more normal data)"
         )
-    interval = sampling_interval_seconds(table["timestamp"][normal])
     max_gap = config.features.max_gap_seconds or window * interval
 
     part = _parts(n_normal, config)

@@ -10,7 +10,8 @@ Three things cross a batch edge:
 - **events**: a row's flag can depend on rows after it (a run above the threshold counts only
   once it is ``min_event_rows`` long; rows between two runs at most ``merge_gap_rows`` apart join
   the event). Rows whose flag the data so far cannot decide are *held back* (not written) and
-  decided with the next batch: at most ``min_event_rows - 1 + merge_gap_rows`` rows. The last
+  decided with the next batch: at most ``min_event_rows - 1 + max(merge_gap_rows, release_rows - 1)``
+  rows (the hysteresis's ``release_rows``: a dip after an event may still end short). The last
   event is carried (its id and running figures), so an event in progress at a batch edge keeps
   its id and grows in the next batch, and event ids stay unique over the stream.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.config import IngestConfig, PipelineConfig
+from pipeline.config import IngestConfig, PipelineConfig, resolve_events
 from pipeline.detector.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,9 @@ def batch_settings(run_config: PipelineConfig, bundle: ModelBundle | None, warn:
     scoring = model_config.scoring.model_copy(
         update={key: getattr(run_config.scoring, key) for key in APPLIES_TO_A_TRAINED_MODEL}
     )
-    return model_config.model_copy(update={"ingest": ingest, "events": run_config.events, "scoring": scoring})
+    # Event durations in the run's settings count in the sampling interval measured at training.
+    events = resolve_events(run_config.events, bundle.sampling_interval_seconds)
+    return model_config.model_copy(update={"ingest": ingest, "events": events, "scoring": scoring})
 
 
 def _warn_fixed_scoring(run_config: PipelineConfig, model_config: PipelineConfig) -> None:
