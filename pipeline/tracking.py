@@ -24,6 +24,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -32,7 +33,7 @@ import pipeline
 from pipeline import serving
 from pipeline.detector.bundle import load_bundle
 from pipeline.errors import InputError
-from pipeline.store.names import BUNDLE_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
+from pipeline.store.names import BUNDLE_FOLDER, DATA_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
@@ -46,6 +47,21 @@ INPUT_PATHS_TAG = "input_paths"  # JSON list of the files a run read (promote re
 INPUT_PATHS_ARTIFACT_TAG = "input_paths_artifact"  # ... or the artifact holding it, when too long for a tag
 # The registered model is logged from code (nothing pickled): MLflow runs this file to load it.
 PYFUNC_CODE = "from mlflow.models import set_model\n\nfrom pipeline.tracking import AnomalyModel\n\nset_model(AnomalyModel())\n"
+
+
+DATASET_SAMPLE_ROWS = 100  # rows of an input table whose schema is inferred and logged as its sample
+
+
+class _SampledPandasDataset(PandasDataset):
+    """A pandas dataset built on a sample of a table, reporting the whole table's row count."""
+
+    def __init__(self, sample: pd.DataFrame, source: Any, name: str, digest: str, n_rows: int) -> None:
+        super().__init__(sample, source, name=name, digest=digest)
+        self.n_rows = n_rows
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self.n_rows, "num_elements": self.n_rows * len(self._df.columns)}
 
 
 class AnomalyModel(mlflow.pyfunc.PythonModel):
@@ -254,15 +270,23 @@ class Tracker:
         """The run's description, shown at the top of its page in the MLflow UI."""
         mlflow.set_tag(DESCRIPTION_TAG, markdown)
 
-    def log_dataset(self, frame: Any, name: str, digest: str, paths: list[Path], context: str) -> None:
-        """Log a table as the run's input dataset: schema and row count from ``frame``, the
-        given digest (the files' sha256), and the files (or their common folder) as source."""
+    def log_dataset(self, frame: Any, name: str, digest: str, paths: list[Path], context: str, n_rows: int | None = None) -> None:
+        """Log a table as the run's input dataset: the schema from ``frame`` (a few rows are
+        enough), ``n_rows`` (default ``len(frame)``) as its row count, the given digest (the
+        files' sha256) and the files (or their common folder) as source.
+
+        Nothing here visits every row: MLflow's schema inference runs over at most
+        ``DATASET_SAMPLE_ROWS`` rows of ``frame``, which are also logged as a small sample artifact.
+        """
         paths = [Path(p).resolve() for p in paths]
         where = paths[0] if len(paths) == 1 else Path(os.path.commonpath([str(p) for p in paths]))
+        sample = frame.head(DATASET_SAMPLE_ROWS)
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=str(where), name=name, digest=digest[:32])
+            source = mlflow.data.from_pandas(sample.head(0), source=str(where), name=name, digest=digest[:32]).source
+        dataset = _SampledPandasDataset(sample, source, name, digest[:32], len(frame) if n_rows is None else int(n_rows))
         mlflow.log_input(dataset, context=context)
+        mlflow.log_text(sample.to_csv(index=False), f"{DATA_FOLDER}/{context}_sample.csv")
 
     def register_model(
         self,
