@@ -76,7 +76,7 @@ def event_details(
                 source=str(source[members[0]]),
                 peak_score=float(np.nanmax(rows.score[members])),
                 timestamps=table["timestamp"].iloc[context].reset_index(drop=True),
-                actual=table[bundle.sensors].to_numpy(dtype=np.float64)[context],
+                actual=table[bundle.sensors].iloc[context].to_numpy(dtype=np.float64),  # the context rows only
                 expected=expected,
                 in_event=event[context] == event_id,
                 shares=np.nanmean(rows.contributions[members], axis=0),
