@@ -149,3 +149,11 @@ def test_a_sensor_that_wanders_in_training_is_judged_by_shape_and_a_step_elsewhe
     flagged = bundle.threshold.value < score_rows(bundle, _result(frame).table).score
     assert not flagged[600:800].any()  # only the temperature is new there: no alarm
     assert flagged[810:900].mean() > 0.9
+
+
+def test_max_windows_caps_the_training_windows_and_the_report_says_so(tiny_frame):
+    config = tiny_config().model_copy(deep=True)
+    config.training.max_windows = 50
+    _, report = fit_bundle(_result(tiny_frame), config)
+    assert report.rows["train_windows"] == 50 < report.rows["train_windows_available"]
+    assert report.rows["train_windows_per_second"] > 0

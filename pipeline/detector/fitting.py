@@ -118,6 +118,8 @@ def fit_bundle(
         scaler = replace(scaler, centred=wandering)
     stride = config.features.stride
     train_starts = part_starts(stretch, part, TRAIN, window, stride)
+    available = int(train_starts.size)
+    train_starts = evenly_spaced(train_starts, config.training.max_windows)
     val_starts = part_starts(stretch, part, VALIDATION, window, stride)
     holdout_starts = part_starts(stretch, part, CALIBRATION, window, 1)
     for name, starts in (("training", train_starts), ("validation", val_starts), ("calibration", holdout_starts)):
@@ -160,7 +162,9 @@ def fit_bundle(
 
     rows = {
         "normal_rows": n_normal,
+        "train_windows_available": available,
         "train_windows": int(train_starts.size),
+        "train_windows_per_second": int(trained.windows_per_second),
         "validation_windows": int(val_starts.size),
         "calibration_windows": int(holdout_starts.size),
     }
@@ -189,6 +193,15 @@ def _parts(n_normal: int, config: PipelineConfig) -> np.ndarray:
     part[int(fit_rows * (1 - config.training.validation_fraction)) :] = VALIDATION
     part[fit_rows:] = CALIBRATION
     return part
+
+
+def evenly_spaced(starts: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``starts`` (sorted start rows), spread evenly from the first to the last."""
+    if limit is None or starts.size <= limit:
+        return starts
+    picks = np.unique(np.linspace(0, starts.size - 1, limit).round().astype(np.int64))
+    log.info("training on %d of %d windows, evenly over time (training.max_windows)", picks.size, starts.size)
+    return starts[picks]
 
 
 def part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:
