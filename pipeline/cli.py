@@ -17,6 +17,7 @@ from pipeline.errors import InputError, PipelineError
 
 log = logging.getLogger("pipeline")
 
+STARTUP_MIN_ROWS = 1_000  # the throughput benchmark's start-up file
 UI_HINT = "open the MLflow UI with: mlflow ui --backend-store-uri {uri}  (then http://127.0.0.1:5000)"
 
 
@@ -144,6 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
     )
     skab.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+    throughput = suites.add_parser(
+        "throughput", help="scoring and training speed and memory on a generated file, against naive Keras, in one run"
+    )
+    throughput.add_argument("--rows", type=int, required=True, metavar="N", help="rows of the generated file to score")
+    throughput.add_argument("--sensors", type=int, default=8, metavar="S", help="sensors per row (default: 8)")
+    throughput.add_argument(
+        "--work", default="data/benchmark/throughput", metavar="DIR", help="data, model store and reports (default: %(default)s)"
+    )
+    throughput.add_argument("--normal-rows", type=int, default=100_000, metavar="N", help="leading rows to train on")
+    throughput.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs of the scored model's brief training")
+    throughput.add_argument("--fresh", action="store_true", help="regenerate the data and retrain even if present")
+    throughput.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="where the figures are logged (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
+    )
+    throughput.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
     return parser
 
 
@@ -162,6 +180,19 @@ def _dispatch(args: argparse.Namespace) -> int:
     if out and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
 
+    if args.command == "benchmark" and args.suite == "throughput":
+        from pipeline.benchmark import throughput
+
+        if args.rows < 2 * STARTUP_MIN_ROWS or not 1 <= args.sensors <= 1000:
+            raise InputError(
+                f"--rows {args.rows} --sensors {args.sensors}: need at least {2 * STARTUP_MIN_ROWS} rows and 1..1000 sensors"
+            )
+        figures = throughput.run_benchmark(
+            args.rows, Path(args.work), args.sensors, args.normal_rows, args.epochs, args.tracking_uri, args.fresh
+        )
+        print("\n".join(throughput.summary_lines(figures)))
+        print(f"figures: {Path(args.work) / 'throughput.json'}")
+        return 0
     if args.command == "benchmark":
         from pipeline.benchmark.skab import run_benchmark
 
