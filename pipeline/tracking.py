@@ -33,6 +33,7 @@ import pipeline
 from pipeline import serving
 from pipeline.detector.bundle import load_bundle
 from pipeline.errors import InputError
+from pipeline.store.lock import process_start
 from pipeline.store.names import BUNDLE_FOLDER, DATA_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
@@ -101,25 +102,10 @@ def _with_busy_timeout(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_SECONDS}"
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a live process (clock ticks since boot, from /proc), None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc (not Linux): is the pid alive at all?
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return "unknown"
-        return "unknown"
-    return stat.rpartition(")")[2].split()[19]  # field 22 of /proc/PID/stat
-
-
 def _owner_tags() -> dict[str, str]:
     """Which process owns a run, so a later run can tell whether it is still alive."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _process_start(pid) or ""}
+    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": process_start(pid) or ""}
 
 
 def git_commit() -> str | None:
@@ -212,7 +198,7 @@ class Tracker:
             tags = run.data.tags
             if tags.get("host") != host or not tags.get("pid", "").isdigit():
                 continue
-            started = _process_start(int(tags["pid"]))
+            started = process_start(int(tags["pid"]))
             if started is not None and (started == "unknown" or not tags.get("pid_start") or started == tags["pid_start"]):
                 continue  # still alive
             self.client.set_tag(
@@ -271,13 +257,9 @@ class Tracker:
         mlflow.set_tag(DESCRIPTION_TAG, markdown)
 
     def log_dataset(self, frame: Any, name: str, digest: str, paths: list[Path], context: str, n_rows: int | None = None) -> None:
-        """Log a table as the run's input dataset: the schema from ``frame`` (a few rows are
-        enough), ``n_rows`` (default ``len(frame)``) as its row count, the given digest (the
-        files' sha256) and the files (or their common folder) as source.
-
-        Nothing here visits every row: MLflow's schema inference runs over at most
-        ``DATASET_SAMPLE_ROWS`` rows of ``frame``, which are also logged as a small sample artifact.
-        """
+        """Log a table as the run's input dataset without visiting every row: the schema of its first
+        ``DATASET_SAMPLE_ROWS`` rows (also logged as a sample artifact), ``n_rows`` (default
+        ``len(frame)``), the given digest (the files' sha256) and the files (or their folder) as source."""
         paths = [Path(p).resolve() for p in paths]
         where = paths[0] if len(paths) == 1 else Path(os.path.commonpath([str(p) for p in paths]))
         sample = frame.head(DATASET_SAMPLE_ROWS)

@@ -119,8 +119,9 @@ def event_detail(detail, threshold: float, path: Path) -> Path:
     the event's rows shaded."""
     order = np.argsort(-detail.shares)
     shown = order[:DETAIL_SENSORS]
-    fig = plt.figure(figsize=(12, 2.2 * len(shown) + 0.8), layout="constrained")
-    grid = fig.add_gridspec(len(shown), 2, width_ratios=[1, 2.4])
+    fig = plt.figure(figsize=(12, 2.2 * len(shown) + 0.8))
+    # fixed margins: the constrained layout engine measured every tick label, ~40% of the plot's time
+    grid = fig.add_gridspec(len(shown), 2, width_ratios=[1, 2.4], left=0.16, right=0.98, top=0.93, bottom=0.08, wspace=0.22)
     bars = fig.add_subplot(grid[:, 0])
     names = [detail.sensors[i] for i in order][::-1]
     bars.barh(names, detail.shares[order][::-1] * 100, color=["tab:red" if i in shown else "tab:gray" for i in order][::-1])
