@@ -109,6 +109,7 @@ class WindowFeed:
 
     def dataset(self) -> tf.data.Dataset:
         starts = tf.data.Dataset.from_generator(self._epoch_starts, output_signature=tf.TensorSpec([None], tf.int64))
+        starts = starts.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps per epoch
         pairs = starts.map(lambda s: (self.windows(s), self.windows(s)), num_parallel_calls=tf.data.AUTOTUNE)
         if self.input_noise > 0:  # denoising: noisy inputs, clean targets
             noise = tf.random.Generator.from_seed(self.noise_seed)
@@ -171,6 +172,7 @@ def train_autoencoder(
     fitted = model.fit(
         train.dataset(),
         validation_data=validation.dataset(),
+        shuffle=False,  # the feed shuffles, the same way every run
         epochs=config.epochs,
         callbacks=[stop] if interactive else [stop, _EpochLog()],
         verbose=1 if interactive else 0,
