@@ -128,14 +128,21 @@ def _prepare(work: Path, rows: int, sensors: int, normal_rows: int) -> tuple[Pat
     train_file = work / f"train_{normal_rows}x{sensors}.csv"
     small_file = work / f"startup_{STARTUP_ROWS}x{sensors}.csv"
     if not (data_file.exists() and train_file.exists() and small_file.exists()):
-        started = time.perf_counter()
-        frame = generate_series(rows, normal_rows, sensors=sensors)
-        write_csv(frame.iloc[:normal_rows], train_file)
-        write_csv(frame.iloc[:STARTUP_ROWS], small_file)
-        write_csv(frame, data_file)
-        del frame
-        log.info("wrote %s (%d rows x %d sensors) in %.1f s", data_file, rows, sensors, time.perf_counter() - started)
+        # In a child: a forked child's peak RSS starts at its parent's, so the parent stays small.
+        code = "from pipeline.benchmark.throughput import write_files; "
+        code += f"write_files({rows}, {sensors}, {normal_rows}, {str(work)!r})"
+        measured = run_child([sys.executable, "-c", code], work / "generate.log")
+        log.info("wrote %s (%d rows x %d sensors) in %.1f s", data_file, rows, sensors, measured["seconds"])
     return data_file, train_file, small_file
+
+
+def write_files(rows: int, sensors: int, normal_rows: int, work: str) -> None:
+    """Generate the series and write the scored, training and start-up files into ``work``."""
+    frame = generate_series(rows, normal_rows, sensors=sensors)
+    folder = Path(work)
+    write_csv(frame.iloc[:normal_rows], folder / f"train_{normal_rows}x{sensors}.csv")
+    write_csv(frame.iloc[:STARTUP_ROWS], folder / f"startup_{STARTUP_ROWS}x{sensors}.csv")
+    write_csv(frame, folder / f"sensors_{rows}x{sensors}.csv")
 
 
 def _train(work: Path, train_file: Path, normal_rows: int, tracking_uri: str, epochs: int) -> dict:
