@@ -7,12 +7,12 @@ Exit codes: 0 success; 1 unexpected failure; 2 bad input or config; 3 another ru
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from pipeline.benchmark.commands import add_benchmark_parsers, run_benchmark_command
 from pipeline.config import DEFAULT_MODEL_NAME, PipelineConfig, load_config, with_overrides
 from pipeline.errors import InputError, PipelineError
 
@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score files with the registered model and write scores.csv and anomalies.csv")
     score.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
     score.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
+    score.add_argument(
+        "--format",
+        choices=("csv", "parquet"),
+        default="csv",
+        dest="output_format",
+        help="per-row scores as scores.csv (default) or scores.parquet (same columns, read faster downstream)",
+    )
     _fleet(score)
     _common(score, config=False)
 
@@ -126,50 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet(promote, workers=False)
     _common(promote)
 
-    benchmark = commands.add_parser("benchmark", help="measure detection quality on a public benchmark, beside peer detectors")
-    suites = benchmark.add_subparsers(dest="suite", required=True, metavar="SUITE")
-    skab = suites.add_parser("skab", help="SKAB outlier detection: fit on rows 0..399 of each labelled file, predict the rest")
-    skab.add_argument("--data", required=True, metavar="DIR", help="SKAB folder holding valve1/, valve2/ and other/")
-    skab.add_argument("--out", required=True, metavar="DIR", help="folder for predictions and summary.json / summary.md")
-    skab.add_argument(
-        "--detector",
-        nargs="+",
-        metavar="NAME",
-        help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae, ecod, pyod_iforest (PyOD)",
-    )
-    skab.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
-    skab.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
-    )
-    skab.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
-
-    skab_fleet = suites.add_parser(
-        "skab-fleet", help="SKAB with each file an asset of one fleet: a model per asset vs one shared model"
-    )
-    skab_fleet.add_argument("--data", required=True, metavar="DIR", help="SKAB folder holding valve1/, valve2/ and other/")
-    skab_fleet.add_argument("--out", required=True, metavar="DIR", help="folder for summary.json")
-    skab_fleet.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
-    skab_fleet.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
-    )
-    skab_fleet.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
-
-    fleet = suites.add_parser("fleet", help="generate a fleet, train a model per asset and score it; wall time, memory, faults")
-    fleet.add_argument("--assets", type=int, default=100, metavar="N", help="assets in the fleet (default 100)")
-    fleet.add_argument("--rows", type=int, default=20_000, metavar="R", help="rows per asset, 1-minute steps (default 20,000)")
-    fleet.add_argument(
-        "--out", required=True, metavar="DIR", help="folder for the generated fleet, reports and fleet_benchmark.json"
-    )
-    fleet.add_argument("--config", metavar="FILE", help="product settings for training (YAML; default: the defaults)")
-    fleet.add_argument("--workers", type=int, metavar="N", help="local engine: parallel processes (default: the number of cores)")
-    fleet.add_argument("--engine", choices=["local", "spark"], default="local", help="per-asset engine (default local)")
-    fleet.add_argument("--spark-master", metavar="URL", help="with --engine spark: the master (default local[*])")
-    fleet.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
-    fleet.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+    add_benchmark_parsers(commands)
     return parser
 
 
@@ -188,34 +152,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if out and Path(out).exists() and not Path(out).is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
 
-    if args.command == "benchmark" and args.suite == "fleet":
-        return _fleet_benchmark(args)
-    if args.command == "benchmark" and args.suite == "skab-fleet":
-        from pipeline.benchmark.skab_fleet import render, run_skab_fleet
-
-        if not Path(args.data).is_dir():
-            raise InputError(f"--data {args.data}: not a folder")
-        summary = run_skab_fleet(Path(args.data), Path(args.out), args.tracking_uri, load_config(args.config))
-        print(f"SKAB as a fleet of {summary['files']} assets in {summary['wall_seconds']:.0f} s (F1 / FAR / MAR):")
-        print(render(summary))
-        return 0
     if args.command == "benchmark":
-        from pipeline.benchmark.skab import run_benchmark
-
-        if not Path(args.data).is_dir():
-            raise InputError(f"--data {args.data}: not a folder")
-        summary = run_benchmark(Path(args.data), Path(args.out), args.tracking_uri, args.detector, load_config(args.config))
-        _print_benchmark(summary, Path(args.out))
-        print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
-        return 0
+        code = run_benchmark_command(args)
+        if args.suite == "skab":
+            print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+        return code
     config = _settings(args)
     if config.ingest.fleet and args.command in ("train", "score"):
+        if getattr(args, "output_format", "csv") != "csv":
+            raise InputError("--format parquet: fleets write scores.csv only (for now); leave --format out")
         return _fleet_command(args, config)
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
-        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri)
-        _print_score(outcome)
+        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri, args.output_format)
+        _print_score(outcome, args.output_format)
         _print_warnings(outcome.warnings)
     elif args.command == "promote":
         from pipeline.jobs.promote import promote_job
@@ -326,11 +277,14 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
     return 2 if outcome.quarantined or outcome.problems else 0
 
 
-def _print_score(outcome) -> None:
+def _print_score(outcome, output_format: str = "csv") -> None:
+    from pipeline.store.names import scores_file
+
+    scores = scores_file(output_format)
     print(
         f"scored {outcome.rows_in} rows with model version {outcome.model_version}: "
         f"{outcome.rows_flagged} flagged in {outcome.events} event(s)\n"
-        f"report: {outcome.out_dir / 'anomalies.csv'} (per-row scores: {outcome.out_dir / 'scores.csv'})"
+        f"report: {outcome.out_dir / 'anomalies.csv'} (per-row scores: {outcome.out_dir / scores})"
     )
 
 
@@ -338,34 +292,6 @@ def _print_warnings(lines: list[str]) -> None:
     """One ``warning:`` line on stderr per file with more than ingest.max_set_aside_share set aside."""
     for line in lines:
         print(f"warning: {line}", file=sys.stderr)
-
-
-def _fleet_benchmark(args: argparse.Namespace) -> int:
-    from pipeline.benchmark.fleet import run_fleet_benchmark
-
-    if args.assets < 1 or args.rows < 2:
-        raise InputError(f"--assets {args.assets} --rows {args.rows}: need at least one asset and two rows")
-    engine = ["--engine", args.engine]
-    engine += ["--workers", str(args.workers)] if args.workers else []
-    engine += ["--spark-master", args.spark_master] if args.spark_master else []
-    figures = run_fleet_benchmark(args.assets, args.rows, Path(args.out), args.tracking_uri, engine, args.config)
-    print(json.dumps(figures, indent=2))
-    train, score = figures["train"], figures["score"]
-    peak = max(train["peak_rss_mb"], score["peak_rss_mb"])
-    print(
-        f"fleet {figures['assets']} x {figures['rows_per_asset']} ({figures['engine']}): train {train['seconds']:.0f} s, "
-        f"score {score['seconds']:.0f} s ({score['rows_per_second']:.0f} rows/s), peak {peak:.0f} MB; "
-        f"faults caught {figures['faults_caught']} of {figures['faults']}, false events {figures.get('false_events', 'n/a')}"
-    )
-    return 0 if train["exit_code"] == 0 and score["exit_code"] == 0 else 1
-
-
-def _print_benchmark(summary: dict, out: Path) -> None:
-    print(f"SKAB: {summary['files']} files in {summary['wall_seconds']:.0f} s (F1 / FAR / MAR, point-wise over all test rows)")
-    for name, result in summary["detectors"].items():
-        o = result["overall"]
-        print(f"  {name:<17} {o['f1']:.3f} / {100 * o['far']:5.2f} % / {100 * o['mar']:5.2f} %")
-    print(f"summary: {out / 'summary.md'} (per group and per file; predictions in {out / 'predictions'})")
 
 
 def _ui_uri(flag: str | None) -> str:

@@ -137,6 +137,9 @@ class TrainingConfig(_Section):
 
     # Train even when more than ingest.max_set_aside_share of a file's rows were set aside (--allow-set-aside).
     allow_set_aside: bool = False
+    # At most this many training windows, taken evenly over time (every k-th start row), so a
+    # year of 1 s data trains in bounded time; None = every window (recorded in the run either way).
+    max_windows: int | None = Field(default=None, ge=1)
 
 
 class FeaturesConfig(_Section):

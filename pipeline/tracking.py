@@ -24,6 +24,7 @@ from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -32,7 +33,8 @@ import pipeline
 from pipeline import serving
 from pipeline.detector.bundle import load_bundle
 from pipeline.errors import InputError
-from pipeline.store.names import BUNDLE_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
+from pipeline.store.lock import process_start
+from pipeline.store.names import BUNDLE_FOLDER, DATA_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
@@ -46,6 +48,21 @@ INPUT_PATHS_TAG = "input_paths"  # JSON list of the files a run read (promote re
 INPUT_PATHS_ARTIFACT_TAG = "input_paths_artifact"  # ... or the artifact holding it, when too long for a tag
 # The registered model is logged from code (nothing pickled): MLflow runs this file to load it.
 PYFUNC_CODE = "from mlflow.models import set_model\n\nfrom pipeline.tracking import AnomalyModel\n\nset_model(AnomalyModel())\n"
+
+
+DATASET_SAMPLE_ROWS = 100  # rows of an input table whose schema is inferred and logged as its sample
+
+
+class _SampledPandasDataset(PandasDataset):
+    """A pandas dataset built on a sample of a table, reporting the whole table's row count."""
+
+    def __init__(self, sample: pd.DataFrame, source: Any, name: str, digest: str, n_rows: int) -> None:
+        super().__init__(sample, source, name=name, digest=digest)
+        self.n_rows = n_rows
+
+    @property
+    def profile(self) -> dict[str, int]:
+        return {"num_rows": self.n_rows, "num_elements": self.n_rows * len(self._df.columns)}
 
 
 class AnomalyModel(mlflow.pyfunc.PythonModel):
@@ -85,25 +102,10 @@ def _with_busy_timeout(uri: str) -> str:
     return f"{uri}{'&' if '?' in uri else '?'}timeout={SQLITE_TIMEOUT_SECONDS}"
 
 
-def _process_start(pid: int) -> str | None:
-    """Start time of a live process (clock ticks since boot, from /proc), None when it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc (not Linux): is the pid alive at all?
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return "unknown"
-        return "unknown"
-    return stat.rpartition(")")[2].split()[19]  # field 22 of /proc/PID/stat
-
-
 def _owner_tags() -> dict[str, str]:
     """Which process owns a run, so a later run can tell whether it is still alive."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": _process_start(pid) or ""}
+    return {"host": socket.gethostname(), "pid": str(pid), "pid_start": process_start(pid) or ""}
 
 
 def git_commit() -> str | None:
@@ -196,7 +198,7 @@ class Tracker:
             tags = run.data.tags
             if tags.get("host") != host or not tags.get("pid", "").isdigit():
                 continue
-            started = _process_start(int(tags["pid"]))
+            started = process_start(int(tags["pid"]))
             if started is not None and (started == "unknown" or not tags.get("pid_start") or started == tags["pid_start"]):
                 continue  # still alive
             self.client.set_tag(
@@ -254,15 +256,19 @@ class Tracker:
         """The run's description, shown at the top of its page in the MLflow UI."""
         mlflow.set_tag(DESCRIPTION_TAG, markdown)
 
-    def log_dataset(self, frame: Any, name: str, digest: str, paths: list[Path], context: str) -> None:
-        """Log a table as the run's input dataset: schema and row count from ``frame``, the
-        given digest (the files' sha256), and the files (or their common folder) as source."""
+    def log_dataset(self, frame: Any, name: str, digest: str, paths: list[Path], context: str, n_rows: int | None = None) -> None:
+        """Log a table as the run's input dataset without visiting every row: the schema of its first
+        ``DATASET_SAMPLE_ROWS`` rows (also logged as a sample artifact), ``n_rows`` (default
+        ``len(frame)``), the given digest (the files' sha256) and the files (or their folder) as source."""
         paths = [Path(p).resolve() for p in paths]
         where = paths[0] if len(paths) == 1 else Path(os.path.commonpath([str(p) for p in paths]))
+        sample = frame.head(DATASET_SAMPLE_ROWS)
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local path
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(frame, source=str(where), name=name, digest=digest[:32])
+            source = mlflow.data.from_pandas(sample.head(0), source=str(where), name=name, digest=digest[:32]).source
+        dataset = _SampledPandasDataset(sample, source, name, digest[:32], len(frame) if n_rows is None else int(n_rows))
         mlflow.log_input(dataset, context=context)
+        mlflow.log_text(sample.to_csv(index=False), f"{DATA_FOLDER}/{context}_sample.csv")
 
     def register_model(
         self,

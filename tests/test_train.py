@@ -164,3 +164,11 @@ def test_window_and_event_durations_are_converted_with_the_measured_interval_and
     again = load_bundle(bundle.save(tmp_path / "bundle"))
     assert again.window_size == 16 and again.config.features.window_duration == "16min"
     assert again.config.events.min_event_duration == "3min" and again.config.events.min_event_rows == 3
+
+
+def test_max_windows_caps_the_training_windows_and_the_report_says_so(tiny_frame):
+    config = tiny_config().model_copy(deep=True)
+    config.training.max_windows = 50
+    _, report = fit_bundle(_result(tiny_frame), config)
+    assert report.rows["train_windows"] == 50 < report.rows["train_windows_available"]
+    assert report.rows["train_windows_per_second"] > 0

@@ -77,7 +77,7 @@ def quality_report(result: IngestResult, flatline_rows: int, max_set_aside_share
         }
     return {
         # Every file read, also one whose rows were all set aside (its reasons are below).
-        "sources": sorted(set(table["source"]) | set(result.rejected["source"])),
+        "sources": sorted(set(table["source"].unique()) | set(result.rejected["source"].unique())),  # not a Python object per row
         "timestamp_column": result.timestamp_column,
         "timestamp_formats": result.timestamp_formats,
         "set_aside_over_limit": set_aside_warnings(result, max_set_aside_share),

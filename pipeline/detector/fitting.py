@@ -85,12 +85,14 @@ class Prepared:
     """One table's normal rows, scaled, with the start rows of each part's windows."""
 
     result: IngestResult
+    config: PipelineConfig  # with durations resolved to rows of the measured interval
     scaler: Scaler
     values: np.ndarray  # scaled normal rows, (n_normal, n_sensors)
     times: pd.Series  # their timestamps
     stretch: np.ndarray  # gap-free stretch of consecutive normal rows of one part, per normal row
     part: np.ndarray  # TRAIN, VALIDATION or CALIBRATION, per normal row
     starts: dict[str, np.ndarray]  # "training", "validation", "calibration" -> window start rows
+    train_windows_available: int  # before training.max_windows
     interval: float
     max_gap: float
 
@@ -106,7 +108,7 @@ def fit_bundle(
         InputError: too few normal rows, or no window in one of the parts.
     """
     prepared = prepare_fit(result, config, in_period)
-    return calibrate(prepared, train_on([prepared], config), config)
+    return calibrate(prepared, train_on([prepared]))
 
 
 def fit_shared(
@@ -129,8 +131,11 @@ def fit_shared(
     prepared = {name: prepare_fit(result, config, in_periods.get(name)) for name, result in results.items()}
     centred = sorted(set().union(*(p.scaler.centred for p in prepared.values())), key=first.sensors.index)
     prepared = {name: replace(p, scaler=replace(p.scaler, centred=centred)) for name, p in prepared.items()}
-    trained = train_on(list(prepared.values()), config)
-    return {name: calibrate(p, trained, config) for name, p in prepared.items()}
+    windows = {p.config.features.window_size for p in prepared.values()}
+    if len(windows) > 1:
+        raise InputError(f"fleet.shared_model needs one window for every asset; window_duration gives {sorted(windows)} rows")
+    trained = train_on(list(prepared.values()))
+    return {name: calibrate(p, trained) for name, p in prepared.items()}
 
 
 def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None) -> Prepared:
@@ -164,8 +169,9 @@ def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndar
         log.info("judged by shape, not level (they wander in training): %s", ", ".join(wandering))
         scaler = replace(scaler, centred=wandering)
     stride = config.features.stride
+    training = part_starts(stretch, part, TRAIN, window, stride)
     starts = {
-        "training": part_starts(stretch, part, TRAIN, window, stride),
+        "training": evenly_spaced(training, config.training.max_windows),
         "validation": part_starts(stretch, part, VALIDATION, window, stride),
         "calibration": part_starts(stretch, part, CALIBRATION, window, 1),
     }
@@ -174,10 +180,10 @@ def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndar
             raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
     log.info("training on %d windows, early stopping on %d, calibrating on %d", *(s.size for s in starts.values()))
     times = table["timestamp"][normal]
-    return Prepared(result, scaler, values, times, stretch, part, starts, interval, float(max_gap))
+    return Prepared(result, config, scaler, values, times, stretch, part, starts, int(training.size), interval, float(max_gap))
 
 
-def train_on(prepared: list[Prepared], config: PipelineConfig):
+def train_on(prepared: list[Prepared]):
     """The autoencoder trained on the training windows of all the prepared tables (one table: the usual case)."""
     from pipeline.model.training import train_autoencoder  # TensorFlow only where training needs it
 
@@ -185,12 +191,14 @@ def train_on(prepared: list[Prepared], config: PipelineConfig):
     values = np.concatenate([p.values for p in prepared]) if len(prepared) > 1 else prepared[0].values
     train_starts = np.concatenate([p.starts["training"] + o for p, o in zip(prepared, offsets)])
     val_starts = np.concatenate([p.starts["validation"] + o for p, o in zip(prepared, offsets)])
+    config = prepared[0].config
     window = config.features.window_size
     return train_autoencoder(values, train_starts, val_starts, window, config.model, prepared[0].scaler.centred_mask)
 
 
-def calibrate(prepared: Prepared, trained, config: PipelineConfig) -> tuple[ModelBundle, FitReport]:
+def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
     """Error normalisation and threshold of one table on its calibration windows, scored as new data will be."""
+    config = prepared.config
     result, scaler, values, window = prepared.result, prepared.scaler, prepared.values, config.features.window_size
     holdout_starts = prepared.starts["calibration"]
     scoring = config.scoring
@@ -218,7 +226,9 @@ def calibrate(prepared: Prepared, trained, config: PipelineConfig) -> tuple[Mode
 
     rows = {
         "normal_rows": len(values),
+        "train_windows_available": prepared.train_windows_available,
         "train_windows": int(prepared.starts["training"].size),
+        "train_windows_per_second": int(trained.windows_per_second),
         "validation_windows": int(prepared.starts["validation"].size),
         "calibration_windows": int(holdout_starts.size),
     }
@@ -247,6 +257,15 @@ def _parts(n_normal: int, config: PipelineConfig) -> np.ndarray:
     part[int(fit_rows * (1 - config.training.validation_fraction)) :] = VALIDATION
     part[fit_rows:] = CALIBRATION
     return part
+
+
+def evenly_spaced(starts: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most ``limit`` of ``starts`` (sorted start rows), spread evenly from the first to the last."""
+    if limit is None or starts.size <= limit:
+        return starts
+    picks = np.unique(np.linspace(0, starts.size - 1, limit).round().astype(np.int64))
+    log.info("training on %d of %d windows, evenly over time (training.max_windows)", picks.size, starts.size)
+    return starts[picks]
 
 
 def part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:

@@ -17,7 +17,6 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 from pipeline.config import ThresholdConfig
 from pipeline.errors import InputError
@@ -90,6 +89,8 @@ def fit_gpd(excesses: np.ndarray) -> tuple[float, float]:
     gamma = sigma = float("nan")
     if np.ptp(excesses) > 0:
         try:
+            from scipy import stats  # fit time only: scoring never pays for importing scipy.stats
+
             gamma, _, sigma = stats.genpareto.fit(excesses, floc=0)
         except (ValueError, RuntimeError, FloatingPointError):
             gamma = float("nan")

@@ -19,12 +19,16 @@ Sensors listed in ``Scaler.centred`` enter every window centred on their own mea
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from pipeline.config import ScoringConfig
@@ -117,6 +121,17 @@ def combine_sensors(per_sensor: np.ndarray, how: Combine) -> np.ndarray:
     return per_sensor.max(axis=1) if how == "max" else per_sensor.mean(axis=1)
 
 
+SCORING_THREADS_ENV = "ANOMALY_PIPELINE_SCORING_THREADS"
+
+
+def scoring_workers(model: Reconstructor) -> int:
+    """Threads to predict with: every core for a model that says it is thread-safe (the NumPy
+    twin, whose matrix products release the GIL), else 1 (Keras spreads its own work). A fleet
+    engine that runs one process per core sets ``SCORING_THREADS_ENV`` to its share of the cores."""
+    cores = int(os.environ.get(SCORING_THREADS_ENV) or os.cpu_count() or 1)
+    return max(1, cores) if getattr(model, "thread_safe", False) else 1
+
+
 def predicted_energy(
     model: Reconstructor,
     values: np.ndarray,
@@ -125,23 +140,49 @@ def predicted_energy(
     batch_size: int,
     rule: ErrorRule,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """Energies of the windows beginning at ``starts``, one prediction batch at a time.
+    """Energies of the windows beginning at ``starts``, one prediction batch at a time, in order.
 
     Args:
         values: scaled sensor values, shape (n_rows, n_sensors).
+        workers: threads predicting batches side by side (default ``scoring_workers(model)``).
+            With more than one, each runs single-threaded BLAS: a BLAS spreading small matrix
+            products over busy cores spends most of its time waiting (ten times slower on a
+            loaded 2-core machine), one batch per core does not.
 
     Yields:
         (index in ``starts`` of the batch's first window, energies of shape (batch, n_sensors)).
-        Only one batch of windows (batch_size, window_size, n_sensors) is copied out at a time.
+        At most two batches of windows (batch_size, window_size, n_sensors) per worker exist at a time.
     """
     batches = range(0, len(starts), batch_size)
     show_bar = progress and sys.stderr.isatty()
-    for number, lo in enumerate(tqdm(batches, desc="scoring", unit="batch", disable=not show_bar)):
+    workers = scoring_workers(model) if workers is None else max(1, workers)
+
+    def energy_of(lo: int) -> np.ndarray:
         windows = gather_windows(values, starts[lo : lo + batch_size], window_size, rule.centred)
-        yield lo, residual_energy(windows, np.asarray(model.predict_on_batch(windows)), rule.offset_weight)
+        return residual_energy(windows, np.asarray(model.predict_on_batch(windows)), rule.offset_weight)
+
+    def in_order() -> Iterator[tuple[int, np.ndarray]]:
+        if workers == 1:
+            yield from ((lo, energy_of(lo)) for lo in batches)
+            return
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            pending: deque = deque()
+            for lo in batches:
+                pending.append((lo, pool.submit(energy_of, lo)))
+                if len(pending) >= 2 * workers:
+                    first, future = pending.popleft()
+                    yield first, future.result()
+            while pending:
+                first, future = pending.popleft()
+                yield first, future.result()
+
+    bar = tqdm(in_order(), total=len(batches), desc="scoring", unit="batch", disable=not show_bar)
+    for number, (lo, energy) in enumerate(bar):
+        yield lo, energy
         if progress and not show_bar and number % 200 == 199:
-            log.info("scored %d of %d windows", lo + len(windows), len(starts))
+            log.info("scored %d of %d windows", lo + len(energy), len(starts))
 
 
 def window_errors(

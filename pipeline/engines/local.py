@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.detector.window_error import SCORING_THREADS_ENV
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ def map_local(function: Callable[..., Any], tasks: dict[str, Task], workers: int
     if workers == 1:
         return {asset: guarded(function, task.rows, *task.args) for asset, task in tasks.items()}
     log.info("%d assets on %d worker processes", len(tasks), workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=quiet_worker) as pool:
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, default_workers() // workers)  # each worker its share of the cores, not all of them
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_worker, initargs=(threads,)) as pool:
         futures = {asset: pool.submit(guarded, function, task.rows, *task.args) for asset, task in tasks.items()}
         return {asset: future.result() for asset, future in futures.items()}
 
@@ -59,7 +62,8 @@ def guarded(function: Callable[..., Any], *args: Any) -> Any:
         return Failed(str(exc))
 
 
-def quiet_worker() -> None:
+def quiet_worker(scoring_threads: int = 1) -> None:
+    os.environ[SCORING_THREADS_ENV] = str(scoring_threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
     logging.basicConfig(level=logging.WARNING)

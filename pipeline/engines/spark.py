@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.detector.window_error import SCORING_THREADS_ENV
 from pipeline.engines.local import Task, guarded
 from pipeline.errors import InputError
 
@@ -77,6 +78,7 @@ def _session(master: str, n_assets: int):
         "spark.ui.showConsoleProgress": "false",
         "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
         "spark.executorEnv.CUDA_VISIBLE_DEVICES": "-1",
+        f"spark.executorEnv.{SCORING_THREADS_ENV}": "1",  # Spark runs a task per core already
     }
     if master.startswith("local"):  # one machine: keep the driver off the network interfaces
         settings |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1", "spark.ui.enabled": "false"}

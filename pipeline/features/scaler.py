@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.preprocessing import StandardScaler
 
 TRANSFORM_BLOCK_ROWS = 1 << 16
 
@@ -71,6 +70,8 @@ class Scaler:
 
 def fit_scaler(values: np.ndarray, sensors: list[str]) -> Scaler:
     """Fit on (n_rows, n_sensors) normal training values only."""
+    from sklearn.preprocessing import StandardScaler  # fit time only: scoring never imports scikit-learn
+
     fitted = StandardScaler().fit(values)
     spread = np.sqrt(fitted.var_)
     constant = [s for s, sd, m in zip(sensors, spread, fitted.mean_) if sd <= 1e-9 * max(1.0, abs(m))]

@@ -14,7 +14,7 @@ from pipeline.detector.scoring import RowScores, flag_events, score_rows
 from pipeline.reports import explain, plots
 from pipeline.reports.tables import summarise_events
 from pipeline.store.names import PLOTS_FOLDER, event_plot
-from pipeline.tracking import CHAMPION, TAG_LIMIT, Tracker, inputs_digest
+from pipeline.tracking import CHAMPION, DATASET_SAMPLE_ROWS, TAG_LIMIT, Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
 SET_ASIDE_TAG = "set_aside_over_limit"
@@ -45,10 +45,12 @@ def describe_inputs(inputs: list[str | Path]) -> str:
 
 
 def log_dataset(tracker: Tracker, loaded: LoadedInput, paths: list[Path], name: str, context: str) -> None:
-    """The input as an MLflow dataset: the files' digest, the validated table's schema, the files' place."""
+    """The input as an MLflow dataset: the files' digest, the validated table's schema and row
+    count, a sample of its first rows, the files' place (nothing that visits every row)."""
     table = loaded.result.table
     columns = ["timestamp", *loaded.result.sensors]
-    tracker.log_dataset(table[columns], name, inputs_digest(loaded.digests), paths, context)
+    sample = table.head(DATASET_SAMPLE_ROWS)[columns]  # head first: no copy of the whole table
+    tracker.log_dataset(sample, name, inputs_digest(loaded.digests), paths, context, n_rows=len(table))
 
 
 def log_event_plots(

@@ -25,9 +25,9 @@ from pipeline.store.names import (
     CONFIG_ARTIFACT,
     QUALITY_ARTIFACT,
     QUALITY_FILE,
-    SCORES_FILE,
     SCORES_PLOT,
     VALIDATED_FILE,
+    scores_file,
 )
 from pipeline.tracking import Tracker, inputs_digest
 
@@ -46,13 +46,19 @@ class ScoreOutcome:
     warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
 
 
-def score_job(inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None) -> ScoreOutcome:
-    """Score files with the version of ``model_name`` holding ``@champion`` and write the reports."""
+def score_job(
+    inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None, output_format: str = "csv"
+) -> ScoreOutcome:
+    """Score files with the version of ``model_name`` holding ``@champion`` and write the reports.
+
+    ``output_format`` ("csv" or "parquet") is that of the per-row scores table (``scores.csv``
+    or ``scores.parquet``, the same columns and rows); the other reports are always CSV/JSON.
+    """
     tracker = Tracker(tracking_uri, model_name)
     run_name = f"score {model_name} {describe_inputs(inputs)}"
     with tracker.run("score", run_name=run_name, tags={"model_name": model_name}) as run_id:
         bundle, version = load_registered(tracker, model_name)
-        return _score_into(tracker, model_name, bundle, version, discover_files(inputs), out_dir, run_id)
+        return _score_into(tracker, model_name, bundle, version, discover_files(inputs), out_dir, run_id, output_format)
 
 
 def _score_into(
@@ -63,6 +69,7 @@ def _score_into(
     files: list[tuple[str, Path]],
     out_dir: Path,
     run_id: str,
+    output_format: str = "csv",
 ) -> ScoreOutcome:
     paths = [path for _, path in files]
     tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
@@ -83,7 +90,7 @@ def _score_into(
     # scores.csv is written a batch at a time: the whole table as text would be several GB at
     # millions of rows.
     scores = scores_batches(loaded.result, rows, event, threshold, loaded.sources)
-    atomic.write_csv_batches(scores, scores_schema(loaded.result.sensors), out_dir / SCORES_FILE)
+    atomic.write_table_batches(scores, scores_schema(loaded.result.sensors), out_dir / scores_file(output_format), output_format)
     atomic.write_csv(events, out_dir / ANOMALIES_FILE)
     atomic.write_text(json.dumps(loaded.quality, indent=2), out_dir / QUALITY_FILE)
     atomic.write_parquet(table, out_dir / VALIDATED_FILE)

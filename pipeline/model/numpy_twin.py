@@ -211,6 +211,7 @@ class NumpyAutoencoder:
     """A saved Keras autoencoder evaluated with NumPy: ``predict_on_batch`` like the Keras model."""
 
     chunk_size = 256
+    thread_safe = True  # predict_on_batch keeps no state between calls: batches may run in threads side by side
 
     def __init__(self, layers: list[Layer], input_shape: tuple[int, ...], name: str = "model") -> None:
         self.layers = layers

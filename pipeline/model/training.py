@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pipeline.config import ModelConfig
 from pipeline.features.windows import gather_windows
@@ -60,6 +63,64 @@ class WindowBatches(keras.utils.PyDataset):
             self.rng.shuffle(self.order)
 
 
+class WindowFeed:
+    """The training feed as a ``tf.data`` pipeline: the windows ``WindowBatches`` yields, in the
+    same batches and the same per-epoch order, gathered inside TensorFlow from one copy of the
+    scaled values (never a per-window copy in Python) and prefetched while the model trains.
+
+    Each pass over ``dataset()`` (Keras makes one per epoch) draws the next shuffle of the start
+    rows from the same seeded generator ``WindowBatches`` uses. Input noise, when asked for, is
+    drawn by TensorFlow (the inputs' noise differs from ``WindowBatches``'s, the windows do not).
+    """
+
+    def __init__(
+        self,
+        values: np.ndarray,
+        starts: np.ndarray,
+        window_size: int,
+        batch_size: int,
+        shuffle_seed: int | None = None,
+        input_noise: float = 0.0,
+        centred: np.ndarray | None = None,
+    ):
+        self.values = tf.constant(np.asarray(values, dtype=np.float32))
+        self.window_size, self.batch_size = window_size, batch_size
+        self.order = np.asarray(starts, dtype=np.int64).copy()
+        self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+        self.input_noise = float(input_noise)
+        self.noise_seed = 0 if shuffle_seed is None else shuffle_seed + 1
+        self.centred = None if centred is None or not np.any(centred) else tf.constant(np.asarray(centred, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return int(np.ceil(len(self.order) / self.batch_size))
+
+    def _epoch_starts(self) -> Iterator[np.ndarray]:
+        if self.rng is not None:
+            self.rng.shuffle(self.order)
+        for lo in range(0, len(self.order), self.batch_size):
+            yield self.order[lo : lo + self.batch_size]
+
+    def windows(self, starts: tf.Tensor) -> tf.Tensor:
+        """The windows beginning at ``starts``: (len(starts), window_size, n_sensors)."""
+        windows = tf.gather(self.values, starts[:, None] + tf.range(self.window_size, dtype=tf.int64))
+        if self.centred is not None:  # as gather_windows: centred sensors about their own window mean
+            windows = windows - tf.reduce_mean(windows, axis=1, keepdims=True) * self.centred
+        return windows
+
+    def dataset(self) -> tf.data.Dataset:
+        starts = tf.data.Dataset.from_generator(self._epoch_starts, output_signature=tf.TensorSpec([None], tf.int64))
+        starts = starts.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps per epoch
+        pairs = starts.map(lambda s: (self.windows(s), self.windows(s)), num_parallel_calls=tf.data.AUTOTUNE)
+        if self.input_noise > 0:  # denoising: noisy inputs, clean targets
+            noise = tf.random.Generator.from_seed(self.noise_seed)
+
+            def noisy(x, y):
+                return x + noise.normal(tf.shape(x), stddev=self.input_noise), y
+
+            pairs = pairs.map(noisy)
+        return pairs.prefetch(tf.data.AUTOTUNE)
+
+
 class _EpochLog(keras.callbacks.Callback):
     """One log line per epoch, for runs without a terminal (cron, CI)."""
 
@@ -75,6 +136,7 @@ class TrainedModel:
     model: keras.Model
     history: dict[str, list[float]]  # per-epoch 'loss' and 'val_loss'
     best_epoch: int  # 1-based epoch whose weights were kept
+    windows_per_second: float = 0.0  # training windows fitted per second of model.fit, validation included
 
 
 def train_autoencoder(
@@ -94,7 +156,7 @@ def train_autoencoder(
         centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
     """
     model = build_autoencoder(config, window_size, values.shape[1])
-    train = WindowBatches(
+    train = WindowFeed(
         values,
         train_starts,
         window_size,
@@ -103,16 +165,19 @@ def train_autoencoder(
         input_noise=config.input_noise,
         centred=centred,
     )
-    validation = WindowBatches(values, validation_starts, window_size, config.batch_size, centred=centred)
+    validation = WindowFeed(values, validation_starts, window_size, config.batch_size, centred=centred)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     interactive = sys.stderr.isatty()
+    started = time.perf_counter()
     fitted = model.fit(
-        train,
-        validation_data=validation,
+        train.dataset(),
+        validation_data=validation.dataset(),
+        shuffle=False,  # the feed shuffles, the same way every run
         epochs=config.epochs,
         callbacks=[stop] if interactive else [stop, _EpochLog()],
         verbose=1 if interactive else 0,
     )
     history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items()}
     best_epoch = int(np.argmin(history["val_loss"])) + 1
-    return TrainedModel(model=model, history=history, best_epoch=best_epoch)
+    rate = len(train_starts) * len(history["loss"]) / max(time.perf_counter() - started, 1e-9)
+    return TrainedModel(model=model, history=history, best_epoch=best_epoch, windows_per_second=rate)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.scoring import RowScores
@@ -66,7 +67,8 @@ def event_details(
         if scored.any():
             starts = context[scored] - window + 1 - first
             centred = bundle.scaler.centred_mask
-            rebuilt = np.asarray(bundle.model.predict_on_batch(gather_windows(values, starts, window, centred)))[:, -1, :]
+            with threadpool_limits(limits=1, user_api="blas"):  # small products: a busy 2-thread BLAS is many times slower
+                rebuilt = np.asarray(bundle.model.predict_on_batch(gather_windows(values, starts, window, centred)))[:, -1, :]
             if centred is not None:  # the model rebuilt these sensors' windows about their own mean
                 rebuilt[:, centred] += gather_windows(values, starts, window)[:, :, centred].mean(axis=1)
             expected[scored] = rebuilt * scale + mean
@@ -76,7 +78,7 @@ def event_details(
                 source=str(source[members[0]]),
                 peak_score=float(np.nanmax(rows.score[members])),
                 timestamps=table["timestamp"].iloc[context].reset_index(drop=True),
-                actual=table[bundle.sensors].to_numpy(dtype=np.float64)[context],
+                actual=table[bundle.sensors].iloc[context].to_numpy(dtype=np.float64),  # the context rows only
                 expected=expected,
                 in_event=event[context] == event_id,
                 shares=np.nanmean(rows.contributions[members], axis=0),

@@ -64,6 +64,22 @@ def write_csv_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path
     return path
 
 
+def write_parquet_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path) -> Path:
+    """Record batches, produced one at a time, as one Parquet file (one row group per batch)."""
+    with atomic_file(path) as handle:
+        with pq.ParquetWriter(handle, schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+    return path
+
+
+def write_table_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: Path, output_format: str = "csv") -> Path:
+    """``write_csv_batches`` or ``write_parquet_batches`` by ``output_format`` ("csv" or "parquet")."""
+    if output_format == "parquet":
+        return write_parquet_batches(batches, schema, path)
+    return write_csv_batches(batches, schema, path)
+
+
 def write_csv(frame: pd.DataFrame | pa.Table, path: Path) -> Path:
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     return write_csv_batches(table.to_batches(), table.schema, path)

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 # --out of score, and each run folder
 SCORES_FILE = "scores.csv"
+SCORES_PARQUET = "scores.parquet"  # the same table with --format parquet
+OUTPUT_FORMATS = ("csv", "parquet")  # of the per-row scores table (CSV is the default)
 ANOMALIES_FILE = "anomalies.csv"  # also --out/anomalies.csv of run: every event so far
 QUALITY_FILE = "quality.json"
 VALIDATED_FILE = "validated.parquet"
@@ -59,6 +61,13 @@ FLEET_BENCHMARK_JSON = "fleet_benchmark.json"
 FLEET_BENCHMARK_TRAIN = "train"  # the generated fleet: the normal leading part, one folder per asset
 FLEET_BENCHMARK_SCORE = "score"  # the rest, where faults are injected
 FLEET_BENCHMARK_FAULTS = "faults.csv"
+
+
+def scores_file(output_format: str = "csv") -> str:
+    """The per-row scores table's file name for an output format (``OUTPUT_FORMATS``)."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output format {output_format!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    return SCORES_FILE if output_format == "csv" else SCORES_PARQUET
 
 
 def event_plot(event_id: int) -> str:
