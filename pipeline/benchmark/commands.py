@@ -25,26 +25,14 @@ def add_benchmark_parsers(commands) -> None:
         metavar="NAME",
         help="detectors to run (default: all): product, isolation_forest, pca_t2q, conv_ae, ecod, pyod_iforest (PyOD)",
     )
-    skab.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
-    skab.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
-    )
-    skab.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+    _config_tracking_verbose(skab)
 
     skab_fleet = suites.add_parser(
         "skab-fleet", help="SKAB with each file an asset of one fleet: a model per asset vs one shared model"
     )
     skab_fleet.add_argument("--data", required=True, metavar="DIR", help="SKAB folder holding valve1/, valve2/ and other/")
     skab_fleet.add_argument("--out", required=True, metavar="DIR", help="folder for summary.json")
-    skab_fleet.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
-    skab_fleet.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
-    )
-    skab_fleet.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+    _config_tracking_verbose(skab_fleet)
 
     fleet = suites.add_parser("fleet", help="generate a fleet, train a model per asset and score it; wall time, memory, faults")
     fleet.add_argument("--assets", type=int, default=100, metavar="N", help="assets in the fleet (default 100)")
@@ -69,12 +57,18 @@ def add_benchmark_parsers(commands) -> None:
     throughput.add_argument("--normal-rows", type=int, default=100_000, metavar="N", help="leading rows to train on")
     throughput.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs of the scored model's brief training")
     throughput.add_argument("--fresh", action="store_true", help="regenerate the data and retrain even if present")
-    throughput.add_argument(
+    _config_tracking_verbose(throughput, config=False)
+
+
+def _config_tracking_verbose(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        parser.add_argument("--config", metavar="FILE", help="product settings to measure instead of the defaults (YAML)")
+    parser.add_argument(
         "--tracking-uri",
         metavar="URI",
-        help="where the figures are logged (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow/mlflow.db)",
     )
-    throughput.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
