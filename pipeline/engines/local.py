@@ -62,8 +62,12 @@ def guarded(function: Callable[..., Any], *args: Any) -> Any:
         return Failed(str(exc))
 
 
-def quiet_worker(scoring_threads: int = 1) -> None:
-    os.environ[SCORING_THREADS_ENV] = str(scoring_threads)
+def quiet_worker(threads: int = 1) -> None:
+    """A worker process's settings: its share of the cores for scoring and for TensorFlow (as PySpark
+    does for its workers; without it two workers' thread pools fight over two cores), and quiet logs."""
+    os.environ[SCORING_THREADS_ENV] = str(threads)
+    for variable in ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+        os.environ[variable] = str(threads)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
     logging.basicConfig(level=logging.WARNING)
