@@ -11,6 +11,7 @@ package must be installed on the executors and the model folders must be on stor
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import pickle
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 ASSET = "__asset"  # the grouping column; the frames' own columns are renamed c0, c1, ... (any name is safe)
 ORDER = "__order"  # each row's position in its asset's frame
 RESULT_SCHEMA = f"{ASSET} string, result binary"
+_stop_registered: list[bool] = []
 
 
 @dataclass(frozen=True)
@@ -46,19 +48,16 @@ class FrameShape:
 def map_spark(function: Callable[..., Any], tasks: dict[str, Task], master: str) -> dict[str, Any]:
     """``function(task.rows, *task.args)`` for each asset on a Spark session at ``master``; keyed by asset."""
     spark = _session(master, len(tasks))
-    try:
-        frame, shapes = _to_spark_frame(tasks)
-        args = {asset: task.args for asset, task in tasks.items()}
+    frame, shapes = _to_spark_frame(tasks)
+    args = {asset: task.args for asset, task in tasks.items()}
 
-        def run_asset(rows: pd.DataFrame) -> pd.DataFrame:
-            asset = rows[ASSET].iloc[0]
-            value = guarded(function, _rebuild(rows, shapes[asset]), *args[asset])
-            return pd.DataFrame({ASSET: [asset], "result": [pickle.dumps(value)]})
+    def run_asset(rows: pd.DataFrame) -> pd.DataFrame:
+        asset = rows[ASSET].iloc[0]
+        value = guarded(function, _rebuild(rows, shapes[asset]), *args[asset])
+        return pd.DataFrame({ASSET: [asset], "result": [pickle.dumps(value)]})
 
-        log.info("%d assets on Spark (%s)", len(tasks), master)
-        out = spark.createDataFrame(frame).groupBy(ASSET).applyInPandas(run_asset, schema=RESULT_SCHEMA).toPandas()
-    finally:
-        spark.stop()
+    log.info("%d assets on Spark (%s)", len(tasks), master)
+    out = spark.createDataFrame(frame).groupBy(ASSET).applyInPandas(run_asset, schema=RESULT_SCHEMA).toPandas()
     results = dict(zip(out[ASSET], out["result"]))
     return {asset: pickle.loads(results[asset]) for asset in tasks}
 
@@ -89,6 +88,9 @@ def _session(master: str, n_assets: int):
     except Exception as exc:  # no Java, or a master that does not answer: one line, not a JVM trace
         raise InputError(f"cannot start Spark at {master}: {str(exc).splitlines()[0]}") from exc
     spark.sparkContext.setLogLevel("ERROR")
+    if not _stop_registered:  # one session for the whole command (a fleet's waves), stopped as it exits
+        atexit.register(spark.stop)
+        _stop_registered.append(True)
     return spark
 
 
