@@ -100,11 +100,9 @@ def judge_events(events: pd.DataFrame, faults: pd.DataFrame) -> dict[str, int]:
     fault_start, fault_end = pd.to_datetime(faults["start"], utc=True), pd.to_datetime(faults["end"], utc=True)
     caught, explained = 0, np.zeros(len(events), dtype=bool)
     for asset, f_start, f_end in zip(faults["asset"], fault_start, fault_end):
-        overlaps = (events["asset"].to_numpy() == asset) & (starts <= f_end + AFTERMATH).to_numpy() & (ends >= f_start).to_numpy()
-        caught += bool(
-            ((events["asset"].to_numpy() == asset) & (starts <= f_end).to_numpy() & (ends >= f_start).to_numpy()).any()
-        )
-        explained |= overlaps
+        after_start = (events["asset"].to_numpy() == asset) & (ends >= f_start).to_numpy()
+        caught += bool((after_start & (starts <= f_end).to_numpy()).any())
+        explained |= after_start & (starts <= f_end + AFTERMATH).to_numpy()
     return {"faults": len(faults), "faults_caught": caught, "false_events": int((~explained).sum()), "events": len(events)}
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from pipeline.evaluation.metrics import Counts
+from pipeline.evaluation.metrics import Counts, paired_flags
 
 
 def runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -81,10 +81,7 @@ def event_counts(flags: np.ndarray, labels: np.ndarray) -> EventCounts:
     Raises:
         ValueError: the two arrays differ in length.
     """
-    flags = np.asarray(flags).astype(bool)
-    labels = np.asarray(labels).astype(bool)
-    if flags.shape != labels.shape:
-        raise ValueError(f"{flags.size} flags for {labels.size} labels")
+    flags, labels = paired_flags(flags, labels, "flags")
     delays = []
     for first, last in runs(labels):
         hit = np.flatnonzero(flags[first : last + 1])

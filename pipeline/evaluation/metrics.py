@@ -49,16 +49,25 @@ def _ratio(numerator: float, denominator: float) -> float:
     return float(numerator / denominator) if denominator else float("nan")
 
 
+def paired_flags(flags: np.ndarray, labels: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both 0/1 arrays as booleans of the same rows.
+
+    Raises:
+        ValueError: the two arrays differ in length.
+    """
+    flags, labels = np.asarray(flags).astype(bool), np.asarray(labels).astype(bool)
+    if flags.shape != labels.shape:
+        raise ValueError(f"{flags.size} {what} for {labels.size} labels")
+    return flags, labels
+
+
 def confusion(predicted: np.ndarray, actual: np.ndarray) -> Counts:
     """Point-wise counts of 0/1 predictions against 0/1 labels of the same rows.
 
     Raises:
         ValueError: the two arrays differ in length.
     """
-    predicted = np.asarray(predicted).astype(bool)
-    actual = np.asarray(actual).astype(bool)
-    if predicted.shape != actual.shape:
-        raise ValueError(f"{predicted.size} predictions for {actual.size} labels")
+    predicted, actual = paired_flags(predicted, actual, "predictions")
     return Counts(
         tp=int(np.sum(predicted & actual)),
         fp=int(np.sum(predicted & ~actual)),
