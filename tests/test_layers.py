@@ -87,7 +87,7 @@ def test_only_tracking_imports_mlflow():
     importers = sorted(
         _module_name(p) for p in PACKAGE.rglob("*.py") if any(m == "mlflow" or m.startswith("mlflow.") for m in _imports(p))
     )
-    assert importers == ["pipeline.tracking"]
+    assert importers and all(name == "pipeline.tracking" or name.startswith("pipeline.tracking.") for name in importers)
 
 
 def test_no_module_is_over_the_size_limit():

@@ -1,5 +1,6 @@
 """Everything that talks to MLflow: runs, parameters, metrics, artifacts, the model registry and
-the registered model itself (``AnomalyModel``, an MLflow pyfunc). No other module imports mlflow.
+the registered model itself (``AnomalyModel``, an MLflow pyfunc, in ``pyfunc.py``). No module outside
+this package imports mlflow.
 
 The tracking store defaults to ``MLFLOW_TRACKING_URI``, else the embedded sqlite store
 ``mlflow/mlflow.db`` with artifacts in ``mlflow/artifacts`` (relative to the working directory).
@@ -31,10 +32,10 @@ from mlflow.tracking import MlflowClient
 import mlflow
 import pipeline
 from pipeline import serving
-from pipeline.detector.bundle import load_bundle
 from pipeline.errors import InputError
 from pipeline.store.lock import process_start
 from pipeline.store.names import BUNDLE_FOLDER, DATA_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
+from pipeline.tracking.pyfunc import AnomalyModel  # noqa: F401  (versions registered before pyfunc.py load it from here)
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
@@ -47,7 +48,9 @@ TAG_LIMIT = 5000  # characters an MLflow tag holds
 INPUT_PATHS_TAG = "input_paths"  # JSON list of the files a run read (promote re-reads them)
 INPUT_PATHS_ARTIFACT_TAG = "input_paths_artifact"  # ... or the artifact holding it, when too long for a tag
 # The registered model is logged from code (nothing pickled): MLflow runs this file to load it.
-PYFUNC_CODE = "from mlflow.models import set_model\n\nfrom pipeline.tracking import AnomalyModel\n\nset_model(AnomalyModel())\n"
+PYFUNC_CODE = (
+    "from mlflow.models import set_model\n\nfrom pipeline.tracking.pyfunc import AnomalyModel\n\nset_model(AnomalyModel())\n"
+)
 
 
 DATASET_SAMPLE_ROWS = 100  # rows of an input table whose schema is inferred and logged as its sample
@@ -63,18 +66,6 @@ class _SampledPandasDataset(PandasDataset):
     @property
     def profile(self) -> dict[str, int]:
         return {"num_rows": self.n_rows, "num_elements": self.n_rows * len(self._df.columns)}
-
-
-class AnomalyModel(mlflow.pyfunc.PythonModel):
-    """The registered pyfunc: loads the bundle artifact, predicts with ``serving.predict_frame``."""
-
-    def load_context(self, context: Any) -> None:
-        self.bundle = load_bundle(Path(context.artifacts[BUNDLE_FOLDER]))
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream."""
-        source = str((params or {}).get("source") or serving.DEFAULT_SOURCE)
-        return serving.predict_frame(self.bundle, pd.DataFrame(model_input), source)
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
