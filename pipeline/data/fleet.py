@@ -6,8 +6,11 @@ repairs; one asset's rows never change another's.
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Iterator
+import pickle
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,31 +60,79 @@ def read_fleet(files: list[tuple[str, Path]], ingest: IngestConfig) -> FleetInpu
     return fleet
 
 
-def fleet_waves(files: list[tuple[str, Path]], ingest: IngestConfig, assets_per_wave: int) -> Iterator[FleetInput]:
-    """The fleet's input a few assets at a time, in asset order (each wave a ``FleetInput``).
+def fleet_waves(
+    files: list[tuple[str, Path]], ingest: IngestConfig, assets_per_wave: int, only: Iterable[str] | None = None
+) -> Iterator[FleetInput]:
+    """The fleet's input a few assets at a time, in asset order (each wave a ``FleetInput``; the
+    first also carries the rows and files no asset is named for). ``only``: these assets alone.
 
-    With asset folders only a wave's files are read, so memory follows the wave. With an asset
-    column every file must be read before any asset is complete; each wave's rows are then
-    handed over and dropped, so only the raw files are held at once.
+    Memory follows the wave, not the fleet. With asset folders a wave reads only its own files.
+    With an asset column every file must be read before any asset is complete, so each file is
+    read once, split by asset and its pieces spilled to a private temporary folder; a wave reads
+    its assets' pieces back. Peak memory: the largest file, or the largest wave.
     """
-    if ingest.asset_folders:
-        by_folder, unplaced = split_by_folder(files)
-        assets = sorted(by_folder)
-        for start in range(0, len(assets), assets_per_wave):
-            wave = read_fleet([f for asset in assets[start : start + assets_per_wave] for f in by_folder[asset]], ingest)
+    with tempfile.TemporaryDirectory(prefix="fleet-pieces-") as spill:
+        layout = _folder_layout(files) if ingest.asset_folders else _spilled_layout(files, ingest, Path(spill))
+        assets = sorted(layout.files if only is None else set(layout.files) & set(only))
+        for start in range(0, max(len(assets), 1), assets_per_wave):
+            wave = layout.wave(assets[start : start + assets_per_wave], ingest)
             if start == 0:
-                wave.unplaced[:0] = unplaced
+                wave.unplaced[:0] = layout.unplaced
+                wave.rejected = layout.rejected
             yield wave
-        if not assets:
-            yield FleetInput({}, empty_rejected(), unplaced, {}, [name for name, _ in files])
-        return
-    fleet = read_fleet(files, ingest)
-    assets = fleet.assets
-    for start in range(0, max(len(assets), 1), assets_per_wave):
-        first = start == 0
-        pieces = {asset: fleet.pieces.pop(asset) for asset in assets[start : start + assets_per_wave]}
-        rejected = fleet.rejected if first else empty_rejected()
-        yield FleetInput(pieces, rejected, fleet.unplaced if first else [], fleet.digests, fleet.sources)
+
+
+@dataclass
+class _Layout:
+    """Where each asset's rows are: its files (asset folders) or its spilled pieces (an asset column)."""
+
+    files: dict[str, list]  # asset -> [(name, path)] of its files, or the paths of its spilled pieces
+    unplaced: list[tuple[str, str]]
+    rejected: pd.DataFrame
+    digests: dict[str, str]
+    sources: list[str]
+    spilled: bool
+
+    def wave(self, assets: list[str], ingest: IngestConfig) -> FleetInput:
+        if not self.spilled:
+            wave = read_fleet([f for asset in assets for f in self.files[asset]], ingest)
+            wave.sources = self.sources
+            return wave
+        pieces = {asset: [_load_piece(path) for path in self.files[asset]] for asset in assets}
+        return FleetInput(pieces, empty_rejected(), [], self.digests, self.sources)
+
+
+def _folder_layout(files: list[tuple[str, Path]]) -> _Layout:
+    by_folder, unplaced = split_by_folder(files)
+    return _Layout(by_folder, unplaced, empty_rejected(), {}, [name for name, _ in files], spilled=False)
+
+
+def _spilled_layout(files: list[tuple[str, Path]], ingest: IngestConfig, spill: Path) -> _Layout:
+    """Read each file once, split it by asset and spill the pieces: only one file is held at a time."""
+    unplaced: list[tuple[str, str]] = []
+    by_asset: dict[str, list[Path]] = {}
+    rejected, digests, numbers = [], {}, itertools.count()
+    for name, path in files:
+        source = _read(name, path, ingest, unplaced)
+        if source is None:
+            continue
+        split = regroup([source], ingest)
+        unplaced += split.unplaced
+        rejected.append(split.rejected)
+        digests.update(split.digests)
+        for asset, pieces in split.pieces.items():
+            for piece in pieces:
+                target = spill / f"{next(numbers)}.pickle"
+                # Pickled, not Arrow: a raw piece holds columns as read (mixed text and numbers
+                # before validation), which must come back exactly; the file is ours and temporary.
+                target.write_bytes(pickle.dumps(piece, protocol=pickle.HIGHEST_PROTOCOL))
+                by_asset.setdefault(asset, []).append(target)
+    rejected = pd.concat([f for f in rejected if len(f)] or [empty_rejected()], ignore_index=True)
+    return _Layout(by_asset, unplaced, rejected, digests, [name for name, _ in files], spilled=True)
+
+
+def _load_piece(path: Path) -> RawSource:
+    return pickle.loads(path.read_bytes())
 
 
 def regroup(sources: list[RawSource], ingest: IngestConfig) -> FleetInput:

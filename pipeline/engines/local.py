@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,17 +43,39 @@ def map_local(function: Callable[..., Any], tasks: dict[str, Task], workers: int
     """``function(task.rows, *task.args)`` for each asset; results keyed by asset, in the order of ``tasks``.
 
     ``workers`` processes (default: the number of cores; 1 runs in this process). Worker
-    processes are spawned, not forked: a forked TensorFlow or MLflow client is not safe.
+    processes are spawned, not forked (a forked TensorFlow or MLflow client is not safe), once
+    per command: a fleet's waves reuse them, so TensorFlow loads once per worker, not per wave.
     """
-    workers = min(workers or default_workers(), max(len(tasks), 1))
-    if workers == 1:
+    workers = workers or default_workers()
+    if workers == 1 or not tasks:
         return {asset: guarded(function, task.rows, *task.args) for asset, task in tasks.items()}
     log.info("%d assets on %d worker processes", len(tasks), workers)
-    context = multiprocessing.get_context("spawn")
-    threads = max(1, default_workers() // workers)  # each worker its share of the cores, not all of them
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_worker, initargs=(threads,)) as pool:
+    pool = _pool(workers)
+    try:
         futures = {asset: pool.submit(guarded, function, task.rows, *task.args) for asset, task in tasks.items()}
         return {asset: future.result() for asset, future in futures.items()}
+    except BrokenProcessPool:
+        _POOLS.pop(workers, None).shutdown(cancel_futures=True)  # a worker died (killed, out of memory): start afresh next time
+        raise
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    """This command's pool of ``workers`` processes, shut down when the command ends."""
+    if workers not in _POOLS:
+        if not _POOLS:
+            atexit.register(_shutdown_pools)
+        threads = max(1, default_workers() // workers)  # each worker its share of the cores, not all of them
+        context = multiprocessing.get_context("spawn")
+        _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_worker, initargs=(threads,))
+    return _POOLS[workers]
+
+
+def _shutdown_pools() -> None:
+    while _POOLS:
+        _POOLS.popitem()[1].shutdown(cancel_futures=True)
 
 
 def guarded(function: Callable[..., Any], *args: Any) -> Any:

@@ -16,12 +16,12 @@ import pandas as pd
 
 from pipeline.config import PipelineConfig
 from pipeline.data.assets import read_normal_periods
-from pipeline.data.fleet import read_fleet, regroup, set_aside_whole, validate_asset
+from pipeline.data.fleet import fleet_waves, regroup, set_aside_whole, validate_asset
 from pipeline.detector.stream import Carry
 from pipeline.errors import InputError
 from pipeline.jobs.common import load_registered
 from pipeline.jobs.fleet_common import asset_model_name, log_fleet_summary
-from pipeline.jobs.fleet_train import train_assets
+from pipeline.jobs.fleet_train import fit_wave_size, train_assets
 from pipeline.jobs.run import RunContext, RunOutcome, ScoredBatch, run_job
 from pipeline.jobs.run_outputs import RunFolder, publish_run_folder
 from pipeline.jobs.run_settings import batch_settings
@@ -50,18 +50,18 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     summaries = {a: AssetSummary(a, rows_in=sum(len(p.frame) for p in pieces[a])) for a in pieces}
     trained = None
     files = [(c.name, c.path) for c in candidates if c.kind == Kind.PROCESSED or c.name in sources]
-    history = read_fleet(files, config.ingest).pieces if retrain or any(a not in champions for a in pieces) else {}
-    untrained = sorted(history) if retrain else sorted(a for a in pieces if a not in champions)
-    if untrained:
+    if retrain or any(a not in champions for a in pieces):  # trained on every readable file so far, a wave at a time
         periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
-        fitted = train_assets(tracker, job.model_name, {a: history[a] for a in untrained if a in history}, config, periods, files)
-        for asset, summary in fitted.items():
+        only = None if retrain else [a for a in pieces if a not in champions]
+        trained = {}
+        for wave in fleet_waves(files, config.ingest, fit_wave_size(config), only):
+            trained |= train_assets(tracker, job.model_name, wave.pieces, config, periods, files)
+        for asset, summary in trained.items():
             why = summary.status.removeprefix("not trained: ")
             if summary.status != "ok" and asset in summaries:  # on --retrain, assets without new rows train too
                 summaries[asset].status = f"not retrained: {why}" if asset in champions else f"waiting for a model: {why}"
             elif asset not in champions:
                 champions[asset] = load_registered(tracker, asset_model_name(job.model_name, asset))
-        trained = fitted
 
     # Score each asset's new rows after its own carry.
     batches: dict[str, ScoredBatch] = {}

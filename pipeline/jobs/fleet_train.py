@@ -1,6 +1,7 @@
 """``train`` for a fleet: one model, scaler, threshold and error normalisation per asset.
 
-The assets are fitted in parallel (``pipeline.engines.local``), then logged and registered here,
+The assets are taken a wave at a time (``fleet_waves``: memory follows the wave, not the fleet),
+each wave fitted in parallel (``pipeline.engines``), then logged and registered here,
 one nested MLflow run per asset under one parent run with the fleet table. An asset that cannot
 be trained (too little normal data, unusable rows) is reported in ``fleet.csv``; the others go on.
 """
@@ -8,6 +9,7 @@ be trained (too little normal data, unusable rows) is reported in ``fleet.csv``;
 from __future__ import annotations
 
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +19,10 @@ import pandas as pd
 from pipeline.config import PipelineConfig, to_yaml
 from pipeline.data.assets import NormalPeriods, asset_key, read_normal_periods
 from pipeline.data.files import discover_files
-from pipeline.data.fleet import read_fleet, validate_asset
+from pipeline.data.fleet import fleet_waves, validate_asset
 from pipeline.data.loading import LoadedInput
 from pipeline.detector.fitting import normal_mask, rows_needed
-from pipeline.engines import Failed, map_assets
+from pipeline.engines import Failed, map_assets, wave_size
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs
 from pipeline.jobs.fleet_common import (
@@ -60,18 +62,24 @@ def train_fleet_job(inputs: list[str | Path], config: PipelineConfig, model_name
     with tracker.run("train", run_name=run_name, tags=tags) as run_id:
         tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
         tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
-        fleet = read_fleet(files, config.ingest)
-        problems = fleet.problems()
-        if len(fleet.rejected):
-            with tempfile.TemporaryDirectory() as tmp:
-                tracker.log_artifact(atomic.write_csv(fleet.rejected, Path(tmp) / QUARANTINE_ARTIFACT))
-        summaries = train_assets(tracker, model_name, fleet.pieces, config, periods, files)
+        problems, summaries = [], {}
+        for wave in fleet_waves(files, config.ingest, fit_wave_size(config)):
+            problems += wave.problems()
+            if len(wave.rejected):
+                with tempfile.TemporaryDirectory() as tmp:
+                    tracker.log_artifact(atomic.write_csv(wave.rejected, Path(tmp) / QUARANTINE_ARTIFACT))
+            summaries |= train_assets(tracker, model_name, wave.pieces, config, periods, files)
         for summary in summaries.values():
             if summary.status != "ok":
                 problems.append(f"asset {summary.asset}: {summary.status}")
         table = log_fleet_summary(tracker, summaries.values(), fleet_events({}))
     log.info("trained %d of %d asset(s) of fleet %s", int((table["status"] == "ok").sum()), len(table), model_name)
     return FleetOutcome(run_id, table, problems)
+
+
+def fit_wave_size(config: PipelineConfig) -> int:
+    """Assets fitted per wave: the engine's wave, or the whole fleet for a shared model (trained on every asset's windows)."""
+    return sys.maxsize if config.fleet.shared_model else wave_size(config.engine)
 
 
 def train_assets(
