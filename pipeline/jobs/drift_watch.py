@@ -10,6 +10,7 @@ import pandas as pd
 from pipeline.config import DriftConfig
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.drift import advance_streaks, drift_metrics, drift_report, stale_sensors
+from pipeline.reports.fleet import AssetSummary
 from pipeline.store.state import RunState
 from pipeline.tracking import TAG_LIMIT, Tracker
 
@@ -56,6 +57,17 @@ def stale_line(model: str, version: str, stale: list[str], streaks: dict[str, in
     )
 
 
-def tag_stale(tracker: Tracker, line: str) -> None:
-    log.warning("%s", line)
-    tracker.set_tags({STALE_TAG: line[:TAG_LIMIT]})
+def tag_stale(tracker: Tracker, lines: list[str]) -> None:
+    """Say each stale line once in the log and tag the active run ``stale``."""
+    for line in lines:
+        log.warning("%s", line)
+    tracker.set_tags({STALE_TAG: "; ".join(lines)[:TAG_LIMIT]})
+
+
+def summarise(summary: AssetSummary, report: dict, stale: list[str] = ()) -> None:
+    """The batch's drift in its asset's ``fleet.csv`` row: the largest PSI and the sensors past the limits."""
+    if not report.get("computed"):
+        return
+    values = [f["psi"] for f in report["sensors"].values() if "psi" in f]
+    summary.drift_max_psi = max(values) if values else None
+    summary.drifting_sensors = "; ".join(f"{s} (stale)" if s in stale else s for s in report["drifting"])

@@ -212,7 +212,7 @@ class RunContext:
         if stale:
             streaks = self.state.drift[""]
             outcome.stale = [drift_watch.stale_line(self.model_name, version, stale, streaks, batch.quality["drift"])]
-            drift_watch.tag_stale(tracker, outcome.stale[0])
+            drift_watch.tag_stale(tracker, outcome.stale)
             if self.retrain_when_stale and trained is None:
                 outcome.trained = self._train(candidates, sources, quarantined, own)
                 self.state.drift[""] = {}  # counted afresh: the challenger waits for promote
