@@ -7,6 +7,7 @@ records them all (``Tracker.record_reviews``); a bad input writes nothing.
 
 from __future__ import annotations
 
+import csv
 import getpass
 import logging
 from dataclasses import dataclass, field
@@ -87,10 +88,7 @@ def _given(event, verdict, note, asset, reviews_file) -> tuple[pd.DataFrame, str
         path = Path(reviews_file)
         if not path.is_file():
             raise InputError(f"--reviews {path}: file not found")
-        try:
-            frame = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise InputError(f"--reviews {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+        frame = _read_sheet(path)
         if asset and "asset" not in frame.columns:
             frame["asset"] = asset
         parsed = rv.parse_reviews(frame, str(path))
@@ -101,6 +99,18 @@ def _given(event, verdict, note, asset, reviews_file) -> tuple[pd.DataFrame, str
         raise InputError("review: give --event ID and --verdict confirmed|false_alarm|unsure, or --reviews FILE")
     frame = pd.DataFrame({"event_id": [str(event)], "verdict": [verdict], "note": [note or ""], "asset": [asset or ""]})
     return rv.parse_reviews(frame, "review", numbered=False), "review"
+
+
+def _read_sheet(path: Path) -> pd.DataFrame:
+    """A CSV of any delimiter (a spreadsheet's export), every cell as text."""
+    options = dict(dtype=str, keep_default_na=False)
+    try:
+        try:
+            return pd.read_csv(path, sep=None, engine="python", **options)
+        except csv.Error:  # one column, or too little text to tell the delimiter: a comma
+            return pd.read_csv(path, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"--reviews {path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
 
 
 def _user() -> str:
