@@ -138,8 +138,9 @@ def stale_sensors(streaks: dict[str, int], limits: DriftConfig) -> list[str]:
 
 
 def metric_key(name: str) -> str:
-    """A sensor name as MLflow takes it in a metric key (letters, digits, ``_ - . /`` and space)."""
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", name)
+    """A sensor name as MLflow takes it in a metric key: letters, digits, ``_ - .`` and space (no ``/``,
+    so the key never reads as a path)."""
+    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", name)
 
 
 def drift_metrics(report: dict, prefix: str = "drift") -> dict[str, float]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import PipelineConfig
-from pipeline.data.assets import read_normal_periods
+from pipeline.data.assets import asset_key, read_normal_periods
 from pipeline.data.fleet import read_fleet, regroup, set_aside_whole, validate_asset
 from pipeline.detector.drift import metric_key
 from pipeline.detector.stream import Carry
@@ -115,7 +115,7 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
         log_fleet_summary(tracker, summaries.values(), fleet_events({a: b.events_frame() for a, b in batches.items()}))
         tracker.log_artifact(folder / ANOMALIES_FILE)  # the events review resolves verdicts against
         for asset, batch in batches.items():
-            drift_watch.log_drift(tracker, batch.quality["drift"], prefix=f"{metric_key(asset)}.drift")
+            drift_watch.log_drift(tracker, batch.quality["drift"], prefix=f"{metric_key(asset_key(asset))}.drift")
     _stale(job, outcome, config, batches, stale, files, untrained)
     return outcome
 
