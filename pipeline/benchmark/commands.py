@@ -64,6 +64,7 @@ def add_benchmark_parsers(commands) -> None:
     reviews.add_argument("--sample", metavar="DIR", help="the bundled sample's folder (data/sample)")
     reviews.add_argument("--sample-config", metavar="FILE", help="its settings (default: sample.yaml beside the folder)")
     reviews.add_argument("--skab", metavar="DIR", help="SKAB folder: its valve1 and valve2 streams")
+    reviews.add_argument("--recurring", action="store_true", help="also a synthetic stream with a daily benign pattern")
     reviews.add_argument("--out", required=True, metavar="DIR", help="folder for review_benchmark.json")
     _config_tracking_verbose(reviews)
 
@@ -89,7 +90,9 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         base = load_config(args.config) if args.config else None
         paths = {k: Path(v) if v else None for k, v in (("sample", args.sample), ("skab", args.skab))}
         config = Path(args.sample_config) if args.sample_config else None
-        summary = run_review_benchmark(Path(args.out), paths["sample"], config, paths["skab"], base, args.tracking_uri)
+        summary = run_review_benchmark(
+            Path(args.out), paths["sample"], config, paths["skab"], base, args.tracking_uri, args.recurring
+        )
         print(render(summary))
         print(f"figures: {Path(args.out) / 'review_benchmark.json'}")
         return 0
