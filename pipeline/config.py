@@ -270,6 +270,9 @@ class ReviewConfig(_Section):
 
     match_top_sensors: int = Field(default=2, ge=1, le=3)  # the same leading sensors (as a set) in top_sensors
     profile_ratio: float = Field(default=2.0, gt=1)  # peak and mean score each within this factor of the reviewed event's
+    # At training, the windows of periods reviewed false_alarm are repeated to make at least this
+    # share of the training windows (0 = each once, as any normal window).
+    false_alarm_share: float = Field(default=0.2, ge=0, lt=1)
 
 
 class PipelineConfig(_Section):

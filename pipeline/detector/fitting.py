@@ -10,7 +10,8 @@ suffice even for long windows. The calibration windows are scored exactly as new
 
 Operators' verdicts (``pipeline.detector.reviews``) move rows: a period reviewed ``false_alarm``
 joins the normal rows and always trains (it never calibrates: the threshold stays calibrated on
-ordinary normal data); a period reviewed ``confirmed`` is never normal.
+ordinary normal data), its windows repeated to make ``review.false_alarm_share`` of the training
+windows (``weigh_reviewed``); a period reviewed ``confirmed`` is never normal.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ def prepare_fit(
     # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
     segment = segment_ids(table["timestamp"], max_gap)
     changes = (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)
-    if moved is not None:  # a reviewed false alarm trains, never calibrates, and is a stretch of its own
-        forced = moved > 0
+    forced = np.zeros(len(table), dtype=bool) if moved is None else moved > 0
+    if forced.any():  # a reviewed false alarm trains, never calibrates, and is a stretch of its own
         changes |= np.diff(forced.astype(np.int8)) != 0
         part[forced[normal]] = TRAIN
     stretch = np.cumsum(np.concatenate([[0], changes]))[normal]
@@ -194,7 +195,9 @@ def prepare_fit(
     stride = config.features.stride
     training = part_starts(stretch, part, TRAIN, window, stride)
     starts = {
-        "training": evenly_spaced(training, config.training.max_windows),
+        "training": weigh_reviewed(
+            evenly_spaced(training, config.training.max_windows), forced[normal], window, config.review.false_alarm_share
+        ),
         "validation": part_starts(stretch, part, VALIDATION, window, stride),
         "calibration": part_starts(stretch, part, CALIBRATION, window, 1),
     }
@@ -292,6 +295,21 @@ def evenly_spaced(starts: np.ndarray, limit: int | None) -> np.ndarray:
     picks = np.unique(np.linspace(0, starts.size - 1, limit).round().astype(np.int64))
     log.info("training on %d of %d windows, evenly over time (training.max_windows)", picks.size, starts.size)
     return starts[picks]
+
+
+def weigh_reviewed(starts: np.ndarray, reviewed: np.ndarray, window: int, share: float) -> np.ndarray:
+    """Training window starts with each window ending in a reviewed false alarm (``reviewed``, per
+    normal row) repeated, so that they make at least ``share`` of the training windows: a few
+    reviewed periods among weeks of normal data would otherwise barely move the model."""
+    ends_reviewed = reviewed[starts + window - 1] if starts.size else np.zeros(0, dtype=bool)
+    n_reviewed = int(ends_reviewed.sum())
+    if not n_reviewed or share <= 0 or n_reviewed == starts.size:
+        return starts
+    times = max(1, int(np.ceil(share * (starts.size - n_reviewed) / ((1 - share) * n_reviewed))))
+    if times == 1:
+        return starts
+    log.info("reviewed false alarms: %d training windows, each used %d times (review.false_alarm_share)", n_reviewed, times)
+    return np.sort(np.concatenate([starts, np.repeat(starts[ends_reviewed], times - 1)]))
 
 
 def part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:
