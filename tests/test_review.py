@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, ReviewConfig
+from pipeline.detector.fitting import weigh_reviewed
 from pipeline.detector.reviews import annotate, known_false_alarms, latest_verdicts, review_figures
 from pipeline.errors import InputError, PromotionRefused
 from pipeline.evaluation.gate import Gate, GateDecision, with_reviews
@@ -218,3 +219,15 @@ def test_a_repeat_of_a_reviewed_false_alarm_is_marked_not_hidden(tmp_path):
     assert written["verdict"].tolist()[0] == "false_alarm" and written["verdict_note"].tolist()[0] == "pump swap"
     assert written["verdict"].isna().tolist()[1:] == [True] * 4
     assert list(annotate(events, reviews.iloc[:0], rule)["likely_known_false_alarm"]) == [0] * 5
+
+
+def test_reviewed_false_alarm_windows_weigh_their_share_of_training():
+    starts = np.arange(0, 100)  # 100 windows of 4 rows over 103 normal rows
+    reviewed = np.zeros(103, dtype=bool)
+    reviewed[90:95] = True  # windows ending in rows 90..94: starts 87..91
+    returned = weigh_reviewed(starts, reviewed, 4, 0.2)
+    counts = np.bincount(returned, minlength=100)
+    assert (counts[87:92] == 5).all() and returned.size == 95 + 5 * 5  # ceil(0.2 * 95 / (0.8 * 5)) = 5 uses each
+    assert counts[87:92].sum() / returned.size >= 0.2 and np.isin(counts, [1, 5]).all()
+    assert np.array_equal(weigh_reviewed(starts, reviewed, 4, 0.0), starts)
+    assert np.array_equal(weigh_reviewed(starts, np.zeros(103, dtype=bool), 4, 0.2), starts)
