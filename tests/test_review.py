@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import PipelineConfig, ReviewConfig
-from pipeline.detector.fitting import weigh_reviewed
+from pipeline.detector.fitting import weigh_reviewed, window_context
 from pipeline.detector.reviews import annotate, known_false_alarms, latest_verdicts, review_figures
 from pipeline.errors import InputError, PromotionRefused
 from pipeline.evaluation.gate import Gate, GateDecision, with_reviews
@@ -139,7 +139,10 @@ def test_retraining_with_verdicts_moves_exactly_the_reviewed_rows(retrained, tra
     assert metrics["review_rows_out_of_normal"] == rows(confirmed) == confirmed["n_rows"]
     assert metrics["review_rows_to_normal"] == rows(false_alarm) > 0
     normal_before = int((times < pd.Timestamp("2026-10-01 18:00", tz="UTC")).sum())
-    assert trained.rows["normal_rows"] == normal_before - rows(confirmed) + rows(false_alarm)
+    context = trained.rows["review_context_rows"]  # the 7 rows before the false alarm its first window reached over
+    assert context == tiny_config().features.window_size - 1
+    assert trained.rows["normal_rows"] == normal_before - rows(confirmed) + rows(false_alarm) + context
+    assert metrics["review_context_rows"] == context
 
 
 def test_the_promotion_gate_judges_the_reviewed_periods(retrained, trained_store, tmp_path):
@@ -231,3 +234,6 @@ def test_reviewed_false_alarm_windows_weigh_their_share_of_training():
     assert counts[87:92].sum() / returned.size >= 0.2 and np.isin(counts, [1, 5]).all()
     assert np.array_equal(weigh_reviewed(starts, reviewed, 4, 0.0), starts)
     assert np.array_equal(weigh_reviewed(starts, np.zeros(103, dtype=bool), 4, 0.2), starts)
+    rows = np.zeros(12, dtype=bool)
+    rows[6:8] = True
+    assert window_context(rows, 4).tolist() == [False] * 3 + [True] * 4 + [False] * 5

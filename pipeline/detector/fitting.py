@@ -9,9 +9,11 @@ suffice even for long windows. The calibration windows are scored exactly as new
 (``pipeline.detector.window_error``) and the threshold is fitted on those scores.
 
 Operators' verdicts (``pipeline.detector.reviews``) move rows: a period reviewed ``false_alarm``
-joins the normal rows and always trains (it never calibrates: the threshold stays calibrated on
-ordinary normal data), its windows repeated to make ``review.false_alarm_share`` of the training
-windows (``weigh_reviewed``); a period reviewed ``confirmed`` is never normal.
+joins the normal rows, with the ``window_size - 1`` rows before it (the rest of the windows that
+raised the alarm: without them the model never sees the change into the period), and always
+trains (it never calibrates: the threshold stays calibrated on ordinary normal data), its
+windows repeated to make ``review.false_alarm_share`` of the training windows
+(``weigh_reviewed``); a period reviewed ``confirmed`` is never normal.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ class Prepared:
     interval: float
     max_gap: float
     reference: dict  # each sensor's training distribution, for drift (``drift.fit_reference``)
+    review_context_rows: int = 0  # rows joined as the context of reviewed false alarms' windows
 
 
 def fit_bundle(
@@ -166,6 +169,11 @@ def prepare_fit(
     # Settings given as durations become rows of the interval measured here; the bundle keeps both.
     config = resolve_durations(config, interval)
     window = config.features.window_size
+    forced = np.zeros(len(table), dtype=bool) if moved is None else moved > 0
+    context = window_context(forced, window) & ~normal & (moved >= 0) if forced.any() else forced
+    if context.any():  # the rows before a reviewed false alarm that its alarming windows reached back over
+        normal, forced = normal | context, forced | context
+        n_normal = int(normal.sum())
     needed = rows_needed(config)
     if n_normal < needed:
         raise InputError(
@@ -178,7 +186,6 @@ def prepare_fit(
     # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
     segment = segment_ids(table["timestamp"], max_gap)
     changes = (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)
-    forced = np.zeros(len(table), dtype=bool) if moved is None else moved > 0
     if forced.any():  # a reviewed false alarm trains, never calibrates, and is a stretch of its own
         changes |= np.diff(forced.astype(np.int8)) != 0
         part[forced[normal]] = TRAIN
@@ -206,9 +213,11 @@ def prepare_fit(
             raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
     log.info("training on %d windows, early stopping on %d, calibrating on %d", *(s.size for s in starts.values()))
     times = table["timestamp"][normal]
-    return Prepared(
+    prepared = Prepared(
         result, config, scaler, values, times, stretch, part, starts, int(training.size), interval, float(max_gap), reference
     )
+    prepared.review_context_rows = int(context.sum())
+    return prepared
 
 
 def train_on(prepared: list[Prepared]):
@@ -259,6 +268,7 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         "train_windows_per_second": int(trained.windows_per_second),
         "validation_windows": int(prepared.starts["validation"].size),
         "calibration_windows": int(holdout_starts.size),
+        "review_context_rows": prepared.review_context_rows,
     }
     bundle = ModelBundle(
         model=trained.model,
@@ -295,6 +305,15 @@ def evenly_spaced(starts: np.ndarray, limit: int | None) -> np.ndarray:
     picks = np.unique(np.linspace(0, starts.size - 1, limit).round().astype(np.int64))
     log.info("training on %d of %d windows, evenly over time (training.max_windows)", picks.size, starts.size)
     return starts[picks]
+
+
+def window_context(rows: np.ndarray, window: int) -> np.ndarray:
+    """Rows within the ``window - 1`` rows before a True row of ``rows`` (n_rows,): the earlier rows
+    of the windows ending in it."""
+    ahead = np.cumsum(np.concatenate([[0], rows.astype(np.int64)]))
+    n = rows.size
+    last = np.minimum(np.arange(n) + window - 1, n - 1)
+    return (ahead[last + 1] - ahead[np.arange(n) + 1]) > 0
 
 
 def weigh_reviewed(starts: np.ndarray, reviewed: np.ndarray, window: int, share: float) -> np.ndarray:
