@@ -186,7 +186,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         for line in done.notes:
             print(f"note: {line}", file=sys.stderr)
         given = ", ".join(f"{n} {verdict}" for verdict, n in done.counts.items() if n)
-        print(f"recorded {given} for {args.model_name} (run {done.run_id}); the next train or run --retrain uses them")
+        if done.run_id is None:
+            print(f"no new verdict for {args.model_name}: every one given is recorded already")
+        else:
+            print(f"recorded {given} for {args.model_name} (run {done.run_id}); the next train or run --retrain uses them")
         return 0
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good

@@ -64,6 +64,9 @@ def test_verdicts_round_trip_through_the_store(store, trained_store, tmp_path):
     assert again.notes == [again.notes[0]] and f"event {first}: was confirmed" in again.notes[0]
     stored = latest_verdicts(Tracker(store, "pump").stored_reviews("pump")).set_index("event_id")
     assert stored.loc[first, "verdict"] == "unsure"
+    runs = len(_review_runs(store))
+    assert review_job("pump", store, reviews_file=sheet, by="bo").run_id is None  # the same sheet again: nothing new
+    assert len(_review_runs(store)) == runs
 
 
 def test_duplicate_verdicts_in_one_file_the_latest_wins_and_is_said(store, tmp_path):

@@ -66,6 +66,11 @@ def review_job(
     earlier = rv.latest_verdicts(tracker.stored_reviews(model_name))
     if len(earlier):
         before = earlier.set_index(rv.KEY)
+        given = {key: (row.verdict, row.note) for key, row in before.iterrows()}
+        same = [given.get((r.asset, int(r.event_id))) == (r.verdict, r.note) for r in resolved.itertuples(index=False)]
+        if any(same):  # a report filled in again keeps the verdicts it was given: not recorded twice
+            log.info("%d verdict(s) already recorded as given; left out", sum(same))
+            resolved = resolved[[not x for x in same]].reset_index(drop=True)
         for review in resolved.itertuples(index=False):
             key = (review.asset, int(review.event_id))
             if key in before.index and before.loc[key, "verdict"] != review.verdict:
@@ -74,6 +79,8 @@ def review_job(
                 line = f"{name}: was {was}; the latest, {review.verdict}, wins"
                 notes.append(line)
                 log.warning("%s", line)
+    if not len(resolved):
+        return ReviewOutcome(None, dict.fromkeys(rv.VERDICTS, 0), notes)
     run_id = tracker.record_reviews(model_name, resolved, run_name=f"review {model_name} ({len(resolved)} event(s))")
     counts = {v: int((resolved["verdict"] == v).sum()) for v in rv.VERDICTS}
     log.info("recorded %d verdict(s) on %s in run %s", len(resolved), model_name, run_id)
