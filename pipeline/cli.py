@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--retrain", action="store_true", help="train a new model version first, even if one exists")
     run.add_argument("--dry-run", action="store_true", help="list what would be processed; write nothing")
+    run.add_argument(
+        "--retrain-when-stale", action="store_true", help="train a challenger when drift makes the model stale (promote it after)"
+    )
     _fleet(run, periods=True)
     _common(run)
 
@@ -133,8 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet(promote, workers=False)
     _common(promote)
 
+    _review_parser(commands)
     add_benchmark_parsers(commands)
     return parser
+
+
+def _review_parser(commands) -> None:
+    review = commands.add_parser("review", help="record operators' verdicts on events (they teach the next training)")
+    review.add_argument("--event", type=int, metavar="ID", help="the event_id of anomalies.csv")
+    review.add_argument("--verdict", metavar="V", help="the verdict on --event: confirmed, false_alarm or unsure")
+    review.add_argument("--note", metavar="TEXT", help="why (kept with the verdict)")
+    review.add_argument("--asset", metavar="A", help="fleets: the event's asset")
+    review.add_argument("--by", metavar="NAME", help="who reviewed (default: the user name)")
+    review.add_argument("--reviews", metavar="FILE", help="CSV event_id,verdict,note[,asset] (e.g. anomalies.csv filled in)")
+    _common(review, config=False)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -162,6 +177,20 @@ def _dispatch(args: argparse.Namespace) -> int:
         if getattr(args, "output_format", "csv") != "csv":
             raise InputError("--format parquet: fleets write scores.csv only (for now); leave --format out")
         return _fleet_command(args, config)
+    if args.command == "review":
+        from pipeline.jobs.review import review_job
+
+        done = review_job(
+            args.model_name, args.tracking_uri, args.event, args.verdict, args.note, args.asset, args.by, args.reviews
+        )
+        for line in done.notes:
+            print(f"note: {line}", file=sys.stderr)
+        given = ", ".join(f"{n} {verdict}" for verdict, n in done.counts.items() if n)
+        if done.run_id is None:
+            print(f"no new verdict for {args.model_name}: every one given is recorded already")
+        else:
+            print(f"recorded {given} for {args.model_name} (run {done.run_id}); the next train or run --retrain uses them")
+        return 0
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
@@ -206,6 +235,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             config_given=args.config is not None,
             retrain=args.retrain,
             dry_run=args.dry_run,
+            retrain_when_stale=args.retrain_when_stale,
         )
         code = _print_run(outcome, args)
         if code:
@@ -270,6 +300,8 @@ def _print_run(outcome, args: argparse.Namespace) -> int:
     elif not outcome.quarantined:
         print(f"nothing new in {args.input}")
     _print_warnings(outcome.warnings)
+    for line in outcome.stale:
+        print(f"stale: {line}", file=sys.stderr)
     for name, reason in outcome.quarantined:
         print(f"error: quarantined {name}: {reason}", file=sys.stderr)
     for problem in outcome.problems:

@@ -254,6 +254,27 @@ class FleetConfig(_Section):
     shared_model: bool = False  # one autoencoder for all assets (each scaled, normalised and thresholded on its own)
 
 
+class DriftConfig(_Section):
+    """Data drift of each sensor against its training distribution (README "Drift")."""
+
+    bins: int = Field(default=10, ge=2)  # training-quantile bins of the population stability index
+    psi_limit: float = Field(default=0.25, gt=0)  # PSI above this is past the limit (0.25: a major shift, by convention)
+    mean_shift_limit: float = Field(default=3.0, gt=0)  # |batch mean - training mean| in training standard deviations
+    outside_range_limit: float = Field(default=0.05, gt=0, le=1)  # share of values outside the training min..max
+    min_rows: int = Field(default=100, ge=1)  # a sensor with fewer values in a batch is not judged
+    stale_batches: int = Field(default=3, ge=1)  # past a limit this many batches in a row: the model is stale
+
+
+class ReviewConfig(_Section):
+    """How an event is recognised as a repeat of one reviewed false_alarm (README "Reviewing events")."""
+
+    match_top_sensors: int = Field(default=2, ge=1, le=3)  # the same leading sensors (as a set) in top_sensors
+    profile_ratio: float = Field(default=2.0, gt=1)  # peak and mean score each within this factor of the reviewed event's
+    # At training, the windows of periods reviewed false_alarm are repeated to make at least this
+    # share of the training windows (0 = each once, as any normal window).
+    false_alarm_share: float = Field(default=0.2, ge=0, lt=1)
+
+
 class PipelineConfig(_Section):
     """The whole configuration, one section per stage."""
 
@@ -267,6 +288,8 @@ class PipelineConfig(_Section):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     fleet: FleetConfig = Field(default_factory=FleetConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
 
     def flat(self) -> dict[str, Any]:
         """Every setting as ``section.key`` -> value, for logging as parameters."""

@@ -13,7 +13,7 @@ STARTUP_MIN_ROWS = 1_000  # the throughput benchmark's start-up file
 
 
 def add_benchmark_parsers(commands) -> None:
-    """``benchmark skab | skab-fleet | fleet | throughput`` under the command line's subcommands."""
+    """``benchmark skab | skab-fleet | fleet | throughput | reviews`` under the command line's subcommands."""
     benchmark = commands.add_parser("benchmark", help="measure detection quality on a public benchmark, beside peer detectors")
     suites = benchmark.add_subparsers(dest="suite", required=True, metavar="SUITE")
     skab = suites.add_parser("skab", help="SKAB outlier detection: fit on rows 0..399 of each labelled file, predict the rest")
@@ -58,6 +58,15 @@ def add_benchmark_parsers(commands) -> None:
     throughput.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs of the scored model's brief training")
     throughput.add_argument("--fresh", action="store_true", help="regenerate the data and retrain even if present")
     _config_tracking_verbose(throughput, config=False)
+    reviews = suites.add_parser(
+        "reviews", help="a scripted reviewer's verdicts, one retrain with them: repeat false alarms gone, confirmed events kept"
+    )
+    reviews.add_argument("--sample", metavar="DIR", help="the bundled sample's folder (data/sample)")
+    reviews.add_argument("--sample-config", metavar="FILE", help="its settings (default: sample.yaml beside the folder)")
+    reviews.add_argument("--skab", metavar="DIR", help="SKAB folder: its valve1 and valve2 streams")
+    reviews.add_argument("--recurring", action="store_true", help="also a synthetic stream with a daily benign pattern")
+    reviews.add_argument("--out", required=True, metavar="DIR", help="folder for review_benchmark.json")
+    _config_tracking_verbose(reviews)
 
 
 def _config_tracking_verbose(parser: argparse.ArgumentParser, config: bool = True) -> None:
@@ -75,6 +84,18 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     """Run the chosen suite; its exit code."""
     if args.suite == "fleet":
         return _fleet_benchmark(args)
+    if args.suite == "reviews":
+        from pipeline.benchmark.reviews import render, run_review_benchmark
+
+        base = load_config(args.config) if args.config else None
+        paths = {k: Path(v) if v else None for k, v in (("sample", args.sample), ("skab", args.skab))}
+        config = Path(args.sample_config) if args.sample_config else None
+        summary = run_review_benchmark(
+            Path(args.out), paths["sample"], config, paths["skab"], base, args.tracking_uri, args.recurring
+        )
+        print(render(summary))
+        print(f"figures: {Path(args.out) / 'review_benchmark.json'}")
+        return 0
     if args.suite == "skab-fleet":
         from pipeline.benchmark.skab_fleet import render, run_skab_fleet
 

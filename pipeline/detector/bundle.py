@@ -48,6 +48,9 @@ class ModelBundle:
     # written before: every sensor is then taken to be at the table's rate, as those bundles were).
     sensor_intervals: dict[str, float] | None = None
     dayfirst: bool | None = None  # the date order of the training data's numeric dates (None: none)
+    # Each sensor's training distribution for drift (``pipeline.detector.drift.fit_reference``);
+    # None in bundles written before: drift is then not computed.
+    sensor_reference: dict[str, dict] | None = None
 
     @property
     def sensors(self) -> list[str]:
@@ -82,6 +85,7 @@ class ModelBundle:
             "drift_reference": self.drift_reference,
             "sensor_intervals": self.sensor_intervals,
             "dayfirst": self.dayfirst,
+            "sensor_reference": self.sensor_reference,
             "config": self.config.model_dump(),
             "training": self.training,
         }
@@ -133,6 +137,7 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
         drift_reference=meta.get("drift_reference"),
         sensor_intervals=meta.get("sensor_intervals"),
         dayfirst=meta.get("dayfirst"),
+        sensor_reference=meta.get("sensor_reference"),
     )
 
 

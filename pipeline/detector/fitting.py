@@ -7,6 +7,13 @@ the training part; early-stopping and calibration windows end in their own part 
 back into earlier rows as context (as a scored row's window does), so a few hundred normal rows
 suffice even for long windows. The calibration windows are scored exactly as new data is
 (``pipeline.detector.window_error``) and the threshold is fitted on those scores.
+
+Operators' verdicts (``pipeline.detector.reviews``) move rows: a period reviewed ``false_alarm``
+joins the normal rows, with the ``window_size - 1`` rows before it (the rest of the windows that
+raised the alarm: without them the model never sees the change into the period), and always
+trains (it never calibrates: the threshold stays calibrated on ordinary normal data), its
+windows repeated to make ``review.false_alarm_share`` of the training windows
+(``weigh_reviewed``); a period reviewed ``confirmed`` is never normal.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pipeline.config import PipelineConfig, resolve_durations
 from pipeline.data.ingest import IngestResult
 from pipeline.data.quality import sampling_interval_seconds
 from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.drift import fit_reference
 from pipeline.detector.threshold import calibrate_threshold
 from pipeline.detector.window_error import (
     ErrorNormaliser,
@@ -49,10 +57,13 @@ class FitReport:
     rows: dict[str, int]  # normal rows and windows per part
 
 
-def normal_mask(table: pd.DataFrame, config: PipelineConfig, in_period: np.ndarray | None = None) -> np.ndarray:
+def normal_mask(
+    table: pd.DataFrame, config: PipelineConfig, in_period: np.ndarray | None = None, moved: np.ndarray | None = None
+) -> np.ndarray:
     """Rows that training may use: in the asset's normal periods (``in_period``, fleets), else in
     its first ``normal_first`` (fleets); and before ``normal_until``; and labelled 0. All rows
-    when none of these is set.
+    when none of these is set. Then the verdicts: ``moved`` (n_rows,) is +1 for a row of a period
+    reviewed ``false_alarm`` (normal), -1 for one reviewed ``confirmed`` (not normal), else 0.
     """
     mask = np.ones(len(table), dtype=bool)
     if in_period is not None:
@@ -69,6 +80,8 @@ def normal_mask(table: pd.DataFrame, config: PipelineConfig, in_period: np.ndarr
         mask &= (table["timestamp"] < until.tz_convert("UTC")).to_numpy()
     if config.ingest.label_column:
         mask &= (table["label"] == 0).to_numpy()
+    if moved is not None:
+        mask = (mask | (moved > 0)) & (moved >= 0)
     return mask
 
 
@@ -95,24 +108,30 @@ class Prepared:
     train_windows_available: int  # before training.max_windows
     interval: float
     max_gap: float
+    reference: dict  # each sensor's training distribution, for drift (``drift.fit_reference``)
+    review_context_rows: int = 0  # rows joined as the context of reviewed false alarms' windows
 
 
 def fit_bundle(
-    result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None
+    result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None, moved: np.ndarray | None = None
 ) -> tuple[ModelBundle, FitReport]:
     """Fit scaler, autoencoder, error normalisation and threshold on the normal rows of a table.
 
-    ``in_period`` marks the rows in the asset's normal periods (fleets; see ``normal_mask``).
+    ``in_period`` marks the rows in the asset's normal periods (fleets), ``moved`` the rows the
+    verdicts move (see ``normal_mask``).
 
     Raises:
         InputError: too few normal rows, or no window in one of the parts.
     """
-    prepared = prepare_fit(result, config, in_period)
+    prepared = prepare_fit(result, config, in_period, moved)
     return calibrate(prepared, train_on([prepared]))
 
 
 def fit_shared(
-    results: dict[str, IngestResult], config: PipelineConfig, in_periods: dict[str, np.ndarray | None]
+    results: dict[str, IngestResult],
+    config: PipelineConfig,
+    in_periods: dict[str, np.ndarray | None],
+    moved: dict[str, np.ndarray | None] | None = None,
 ) -> dict[str, tuple[ModelBundle, FitReport]]:
     """One autoencoder for all tables (``fleet.shared_model``), each scaled by its own scaler, with
     its own error normalisation and threshold.
@@ -128,7 +147,8 @@ def fit_shared(
     for name, result in results.items():
         if result.sensors != first.sensors:
             raise InputError(f"fleet.shared_model needs the same sensors in every asset: {name} has {', '.join(result.sensors)}")
-    prepared = {name: prepare_fit(result, config, in_periods.get(name)) for name, result in results.items()}
+    moved = moved or {}
+    prepared = {name: prepare_fit(result, config, in_periods.get(name), moved.get(name)) for name, result in results.items()}
     centred = sorted(set().union(*(p.scaler.centred for p in prepared.values())), key=first.sensors.index)
     prepared = {name: replace(p, scaler=replace(p.scaler, centred=centred)) for name, p in prepared.items()}
     windows = {p.config.features.window_size for p in prepared.values()}
@@ -138,15 +158,22 @@ def fit_shared(
     return {name: calibrate(p, trained) for name, p in prepared.items()}
 
 
-def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None) -> Prepared:
+def prepare_fit(
+    result: IngestResult, config: PipelineConfig, in_period: np.ndarray | None = None, moved: np.ndarray | None = None
+) -> Prepared:
     """The normal rows of a table, scaled on its training rows, split in parts and cut into windows."""
     table = result.table
-    normal = normal_mask(table, config, in_period)
+    normal = normal_mask(table, config, in_period, moved)
     n_normal = int(normal.sum())
     interval = sampling_interval_seconds(table["timestamp"][normal]) if n_normal > 1 else 1.0
     # Settings given as durations become rows of the interval measured here; the bundle keeps both.
     config = resolve_durations(config, interval)
     window = config.features.window_size
+    forced = np.zeros(len(table), dtype=bool) if moved is None else moved > 0
+    context = window_context(forced, window) & ~normal & (moved >= 0) if forced.any() else forced
+    if context.any():  # the rows before a reviewed false alarm that its alarming windows reached back over
+        normal, forced = normal | context, forced | context
+        n_normal = int(normal.sum())
     needed = rows_needed(config)
     if n_normal < needed:
         raise InputError(
@@ -159,9 +186,13 @@ def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndar
     # A window stays inside one stretch of consecutive normal rows of one part, with no long gap.
     segment = segment_ids(table["timestamp"], max_gap)
     changes = (np.diff(segment) != 0) | (np.diff(normal.astype(np.int8)) != 0)
+    if forced.any():  # a reviewed false alarm trains, never calibrates, and is a stretch of its own
+        changes |= np.diff(forced.astype(np.int8)) != 0
+        part[forced[normal]] = TRAIN
     stretch = np.cumsum(np.concatenate([[0], changes]))[normal]
 
     raw = table[result.sensors].to_numpy(dtype=np.float64)[normal]
+    reference = fit_reference(raw, result.sensors, config.drift.bins)
     scaler = fit_scaler(raw[part < CALIBRATION], result.sensors)
     values = scaler.transform(raw)
     wandering = wandering_sensors(values[part == TRAIN], result.sensors, config.features.wander_ratio)
@@ -171,7 +202,9 @@ def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndar
     stride = config.features.stride
     training = part_starts(stretch, part, TRAIN, window, stride)
     starts = {
-        "training": evenly_spaced(training, config.training.max_windows),
+        "training": weigh_reviewed(
+            evenly_spaced(training, config.training.max_windows), forced[normal], window, config.review.false_alarm_share
+        ),
         "validation": part_starts(stretch, part, VALIDATION, window, stride),
         "calibration": part_starts(stretch, part, CALIBRATION, window, 1),
     }
@@ -180,7 +213,11 @@ def prepare_fit(result: IngestResult, config: PipelineConfig, in_period: np.ndar
             raise InputError(f"no {name} windows: normal data is too short or too gappy for window_size={window}")
     log.info("training on %d windows, early stopping on %d, calibrating on %d", *(s.size for s in starts.values()))
     times = table["timestamp"][normal]
-    return Prepared(result, config, scaler, values, times, stretch, part, starts, int(training.size), interval, float(max_gap))
+    prepared = Prepared(
+        result, config, scaler, values, times, stretch, part, starts, int(training.size), interval, float(max_gap), reference
+    )
+    prepared.review_context_rows = int(context.sum())
+    return prepared
 
 
 def train_on(prepared: list[Prepared]):
@@ -231,6 +268,7 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         "train_windows_per_second": int(trained.windows_per_second),
         "validation_windows": int(prepared.starts["validation"].size),
         "calibration_windows": int(holdout_starts.size),
+        "review_context_rows": prepared.review_context_rows,
     }
     bundle = ModelBundle(
         model=trained.model,
@@ -246,6 +284,7 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         drift_reference=drift_reference,
         sensor_intervals={s: float(result.sensor_intervals[s]) for s in result.sensors if s in result.sensor_intervals},
         dayfirst=result.dayfirst,
+        sensor_reference=prepared.reference,
     )
     return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
 
@@ -266,6 +305,30 @@ def evenly_spaced(starts: np.ndarray, limit: int | None) -> np.ndarray:
     picks = np.unique(np.linspace(0, starts.size - 1, limit).round().astype(np.int64))
     log.info("training on %d of %d windows, evenly over time (training.max_windows)", picks.size, starts.size)
     return starts[picks]
+
+
+def window_context(rows: np.ndarray, window: int) -> np.ndarray:
+    """Rows within the ``window - 1`` rows before a True row of ``rows`` (n_rows,): the earlier rows
+    of the windows ending in it."""
+    ahead = np.cumsum(np.concatenate([[0], rows.astype(np.int64)]))
+    n = rows.size
+    last = np.minimum(np.arange(n) + window - 1, n - 1)
+    return (ahead[last + 1] - ahead[np.arange(n) + 1]) > 0
+
+
+def weigh_reviewed(starts: np.ndarray, reviewed: np.ndarray, window: int, share: float) -> np.ndarray:
+    """Training window starts with each window ending in a reviewed false alarm (``reviewed``, per
+    normal row) repeated, so that they make at least ``share`` of the training windows: a few
+    reviewed periods among weeks of normal data would otherwise barely move the model."""
+    ends_reviewed = reviewed[starts + window - 1] if starts.size else np.zeros(0, dtype=bool)
+    n_reviewed = int(ends_reviewed.sum())
+    if not n_reviewed or share <= 0 or n_reviewed == starts.size:
+        return starts
+    times = max(1, int(np.ceil(share * (starts.size - n_reviewed) / ((1 - share) * n_reviewed))))
+    if times == 1:
+        return starts
+    log.info("reviewed false alarms: %d training windows, each used %d times (review.false_alarm_share)", n_reviewed, times)
+    return np.sort(np.concatenate([starts, np.repeat(starts[ends_reviewed], times - 1)]))
 
 
 def part_starts(stretch: np.ndarray, part: np.ndarray, which: int, window: int, stride: int) -> np.ndarray:

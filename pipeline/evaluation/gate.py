@@ -8,7 +8,9 @@ Judged on the same data, scored by both versions:
   rate must not exceed the champion's plus ``promotion.alarm_rate_budget``; an F1 of 0 against
   0 says nothing and never promotes;
 - without labels: the challenger's alarm rate (flagged / scored rows) must stay within
-  ``promotion.alarm_rate_budget``.
+  ``promotion.alarm_rate_budget``;
+- beside any of these, on the periods operators reviewed (``with_reviews``): the challenger
+  flags every ``confirmed`` event and fewer rows of the ``false_alarm`` periods than the champion.
 """
 
 from __future__ import annotations
@@ -90,3 +92,29 @@ def judge(challenger: dict[str, float], champion: dict[str, float], labelled: bo
         f"budget {budget:.2%}: " + ("within budget." if promoted else "over budget.")
     )
     return GateDecision(Gate.ALARM_RATE, promoted, reason)
+
+
+def with_reviews(decision: GateDecision, challenger: dict[str, float], champion: dict[str, float]) -> GateDecision:
+    """The decision with the operators' verdicts beside it (``detector.reviews.review_figures``).
+
+    On the reviewed periods the judged data reaches, the challenger must flag every ``confirmed``
+    event, and flag fewer rows of the ``false_alarm`` periods than the champion (or none). Without
+    reviewed periods in the data, the decision is unchanged.
+    """
+    reviewed = challenger.get("confirmed_reviewed", 0.0) + challenger.get("false_alarm_reviewed", 0.0)
+    if not reviewed:
+        return decision
+    confirmed, caught = challenger["confirmed_reviewed"], challenger["confirmed_flagged"]
+    false_periods = challenger["false_alarm_reviewed"]
+    new, old = challenger["false_alarm_rows_flagged"], champion["false_alarm_rows_flagged"]
+    problems = []
+    if caught < confirmed:
+        problems.append(f"the challenger misses {confirmed - caught:.0f} confirmed event(s)")
+    if false_periods and not (new < old or new == 0):
+        problems.append("the challenger does not raise fewer alarms on the false alarms than the champion")
+    text = (
+        f"Verdicts: the challenger flags {caught:.0f} of {confirmed:.0f} confirmed event(s) "
+        f"(champion {champion['confirmed_flagged']:.0f}); rows flagged in {false_periods:.0f} false_alarm period(s): "
+        f"challenger {new:.0f}, champion {old:.0f}: " + ("; ".join(problems) + "." if problems else "fine.")
+    )
+    return GateDecision(decision.gate, decision.promoted and not problems, f"{decision.reason} {text}")

@@ -50,9 +50,12 @@ def fleet_ingest_tag(ingest: IngestConfig) -> dict[str, str]:
     return {FLEET_INGEST_TAG: json.dumps({"asset_column": ingest.asset_column, "asset_folders": ingest.asset_folders})}
 
 
-def fit_asset_task(rows: pd.DataFrame, result: IngestResult, config, in_period: np.ndarray | None, folder: str) -> FitReport:
-    """Engine task: fit one asset's bundle on its validated ``rows`` (``result`` says the rest) and save it in ``folder``."""
-    bundle, fit = fit_bundle(replace(result, table=rows), config, in_period)
+def fit_asset_task(
+    rows: pd.DataFrame, result: IngestResult, config, in_period: np.ndarray | None, folder: str, moved: np.ndarray | None = None
+) -> FitReport:
+    """Engine task: fit one asset's bundle on its validated ``rows`` (``result`` says the rest; ``moved``:
+    the rows its verdicts move) and save it in ``folder``."""
+    bundle, fit = fit_bundle(replace(result, table=rows), config, in_period, moved)
     bundle.save(Path(folder))
     return fit
 
@@ -71,7 +74,8 @@ def fit_shared_model(tasks: dict[str, Task], config) -> dict[str, FitReport | Fa
         return {}
     results = {asset: replace(task.args[0], table=task.rows) for asset, task in tasks.items()}
     try:
-        fitted = fit_shared(results, config, {asset: task.args[2] for asset, task in tasks.items()})
+        in_periods = {asset: task.args[2] for asset, task in tasks.items()}
+        fitted = fit_shared(results, config, in_periods, {asset: task.args[4] for asset, task in tasks.items()})
     except PipelineError as exc:
         return {asset: Failed(f"shared model: {exc}") for asset in tasks}
     for asset, (bundle, _) in fitted.items():
@@ -79,10 +83,10 @@ def fit_shared_model(tasks: dict[str, Task], config) -> dict[str, FitReport | Fa
     return {asset: fit for asset, (_, fit) in fitted.items()}
 
 
-def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, folder: Path) -> Task:
+def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, folder: Path, moved: np.ndarray | None = None) -> Task:
     """The engine task that fits one asset: its rows travel as rows, the rest of its ingest result beside them."""
     result = loaded.result
-    return Task(result.table, (replace(result, table=result.table.iloc[:0]), config, in_period, str(folder)))
+    return Task(result.table, (replace(result, table=result.table.iloc[:0]), config, in_period, str(folder), moved))
 
 
 def log_fleet_summary(tracker: Tracker, summaries, events: pd.DataFrame, out_dir: Path | None = None) -> pd.DataFrame:

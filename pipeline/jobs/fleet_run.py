@@ -15,10 +15,12 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import PipelineConfig
-from pipeline.data.assets import read_normal_periods
+from pipeline.data.assets import asset_key, read_normal_periods
 from pipeline.data.fleet import fleet_waves, regroup, set_aside_whole, validate_asset
+from pipeline.detector.drift import metric_key
 from pipeline.detector.stream import Carry
 from pipeline.errors import InputError
+from pipeline.jobs import drift_watch
 from pipeline.jobs.common import load_registered
 from pipeline.jobs.fleet_common import asset_model_name, log_fleet_summary
 from pipeline.jobs.fleet_train import fit_wave_size, train_assets
@@ -26,7 +28,8 @@ from pipeline.jobs.run import RunContext, RunOutcome, ScoredBatch, run_job
 from pipeline.jobs.run_outputs import RunFolder, publish_run_folder
 from pipeline.jobs.run_settings import batch_settings
 from pipeline.reports.fleet import AssetSummary, fleet_events, fleet_scores_schema, fleet_table, set_aside_batches, with_asset
-from pipeline.store.state import Kind
+from pipeline.store.names import ANOMALIES_FILE
+from pipeline.store.state import Kind, save_state
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +53,8 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     summaries = {a: AssetSummary(a, rows_in=sum(len(p.frame) for p in pieces[a])) for a in pieces}
     trained = None
     files = [(c.name, c.path) for c in candidates if c.kind == Kind.PROCESSED or c.name in sources]
-    if retrain or any(a not in champions for a in pieces):  # trained on every readable file so far, a wave at a time
-        periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
-        only = None if retrain else [a for a in pieces if a not in champions]
-        trained = {}
-        for wave in fleet_waves(files, config.ingest, fit_wave_size(config), only):
-            trained |= train_assets(tracker, job.model_name, wave.pieces, config, periods, files)
+    if retrain or any(a not in champions for a in pieces):
+        trained = _train(job, config, files, None if retrain else [a for a in pieces if a not in champions])
         for asset, summary in trained.items():
             why = summary.status.removeprefix("not trained: ")
             if summary.status != "ok" and asset in summaries:  # on --retrain, assets without new rows train too
@@ -65,6 +64,7 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
 
     # Score each asset's new rows after its own carry.
     batches: dict[str, ScoredBatch] = {}
+    stale: dict[str, list[str]] = {}
     set_aside = [rejected]
     for asset in sorted(pieces):
         if asset not in champions:
@@ -87,6 +87,8 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
         summary.rows_scored = int(pd.notna(batch.step.score).sum())
         summary.rows_set_aside, summary.rows_flagged = len(batch.checked.rejected), int((batch.step.event > 0).sum())
         summary.events = len(batch.step.events)
+        stale[asset] = drift_watch.advance(state, asset, batch.quality["drift"], settings.drift)  # committed with the batch
+        drift_watch.summarise(summary, batch.quality["drift"], stale[asset])
 
     rejected = pd.concat([f for f in set_aside if len(f)] or [rejected], ignore_index=True)
     folder = None
@@ -107,7 +109,40 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     outcome.fleet_trained = trained
     if folder is not None:
         log_fleet_summary(tracker, summaries.values(), fleet_events({a: b.events_frame() for a, b in batches.items()}))
+        tracker.log_artifact(folder / ANOMALIES_FILE)  # the events review resolves verdicts against
+        for asset, batch in batches.items():
+            drift_watch.log_drift(tracker, batch.quality["drift"], prefix=f"{metric_key(asset_key(asset))}.drift")
+    _stale(job, outcome, config, batches, stale, files, sorted(trained or {}))
     return outcome
+
+
+def _train(job: RunContext, config: PipelineConfig, files, only: list[str] | None) -> dict[str, AssetSummary]:
+    """Train these assets (every asset when None) on every readable file so far, a wave at a time."""
+    periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
+    trained = {}
+    for wave in fleet_waves(files, config.ingest, fit_wave_size(config), only):
+        trained |= train_assets(job.tracker, job.model_name, wave.pieces, config, periods, files)
+    return trained
+
+
+def _stale(job: RunContext, outcome: RunOutcome, config: PipelineConfig, batches, stale, files, untrained) -> None:
+    """Say which assets' models drift made stale (and tag the run); with ``--retrain-when-stale``, retrain them."""
+    assets = sorted(a for a, sensors in stale.items() if sensors)
+    if not assets:
+        return
+    lines = []
+    for a in assets:
+        name = f"{job.model_name} asset {a}"
+        lines.append(drift_watch.stale_line(name, batches[a].version, stale[a], job.state.drift[a], batches[a].quality["drift"]))
+    outcome.stale = lines
+    drift_watch.tag_stale(job.tracker, lines)
+    again = [a for a in assets if a not in untrained]
+    if job.retrain_when_stale and again:
+        fitted = _train(job, config, files, again)
+        outcome.fleet_trained = {**(outcome.fleet_trained or {}), **fitted}
+        for a in again:
+            job.state.drift[a] = {}  # counted afresh: the challenger waits for promote
+        save_state(job.state, job.state_dir)
 
 
 def _registered(job: RunContext, asset: str) -> bool:

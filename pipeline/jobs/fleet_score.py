@@ -17,16 +17,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pipeline.config import EngineConfig, IngestConfig
+from pipeline.config import EngineConfig, IngestConfig, ReviewConfig
 from pipeline.data.assets import empty_rejected
 from pipeline.data.files import discover_files
 from pipeline.data.fleet import FleetInput, fleet_waves, set_aside_whole, validate_asset
 from pipeline.detector.bundle import load_bundle
+from pipeline.detector.reviews import annotate
 from pipeline.engines import Failed, Task, map_assets, wave_size
 from pipeline.errors import InputError
+from pipeline.jobs import drift_watch
 from pipeline.jobs.common import describe_inputs
 from pipeline.jobs.fleet_common import asset_model_name, asset_tags, fleet_ingest_tag, log_fleet_summary, score_asset_task
 from pipeline.jobs.fleet_train import FleetOutcome
+from pipeline.jobs.review import latest_reviews
 from pipeline.reports.fleet import AssetSummary, fleet_events, fleet_scores_schema, set_aside_batches, with_asset
 from pipeline.reports.tables import scores_batches, summarise_events
 from pipeline.serving import scoring_ingest
@@ -61,6 +64,9 @@ def score_fleet_job(
             rejected = pd.concat([f for f in done.set_aside if len(f)] or [empty_rejected()], ignore_index=True)
             atomic.write_csv_batches(_fleet_batches(done.spills, rejected, schema), schema, out_dir / SCORES_FILE)
         all_events = fleet_events(done.events)
+        reviews = latest_reviews(tracker, model_name)
+        if len(reviews) and len(all_events):
+            all_events = annotate(all_events, reviews, ReviewConfig())  # the verdicts, and repeats of reviewed false alarms
         atomic.write_csv(all_events, out_dir / ANOMALIES_FILE)
         atomic.write_text(json.dumps(done.quality, indent=2), out_dir / QUALITY_FILE)
         tracker.log_artifact(out_dir / ANOMALIES_FILE)
@@ -121,6 +127,8 @@ def _score_wave(tracker, model_name, run_id, wave: FleetInput, ingest, engine, s
         done.quality[asset] = loaded.quality
         done.sensors += loaded.result.sensors
         summary = done.summaries[asset]
+        loaded.quality["drift"] = drift_watch.batch_drift(bundle, loaded.result.table, bundle.config.drift)
+        drift_watch.summarise(summary, loaded.quality["drift"])
         summary.model_version, summary.threshold = version, bundle.threshold.value
         summary.rows_scored, summary.rows_flagged = int(np.isfinite(rows.score).sum()), int((event > 0).sum())
         summary.rows_set_aside, summary.events = len(loaded.result.rejected), len(done.events[asset])
@@ -130,7 +138,7 @@ def _score_wave(tracker, model_name, run_id, wave: FleetInput, ingest, engine, s
                 schema = batch.schema
                 writer = _reopen(writer, spill.with_name(f"{spill.stem}-{len(done.spills)}.arrow"), schema, done.spills)
             writer.write_batch(batch)
-        _log_asset(tracker, model_name, asset, version, summary)
+        _log_asset(tracker, model_name, asset, version, summary, loaded.quality["drift"])
     if writer is not None:
         writer.close()
 
@@ -155,9 +163,10 @@ def _fleet_batches(spills: list[Path], rejected: pd.DataFrame, schema: pa.Schema
     yield from set_aside_batches(rejected, schema)
 
 
-def _log_asset(tracker: Tracker, model_name: str, asset: str, version: str, summary: AssetSummary) -> None:
+def _log_asset(tracker: Tracker, model_name: str, asset: str, version: str, summary: AssetSummary, drift: dict) -> None:
     registered = asset_model_name(model_name, asset)
     tags = {"model_name": registered, "model_version": version, **asset_tags(model_name, asset)}
     with tracker.run("score", run_name=f"score {registered}", tags=tags, nested=True):
         figures = {k: getattr(summary, k) for k in ("rows_in", "rows_scored", "rows_set_aside", "rows_flagged", "events")}
         tracker.log_metrics({**figures, "threshold": summary.threshold, "alarm_rate": summary.alarm_rate or 0.0})
+        drift_watch.log_drift(tracker, drift)

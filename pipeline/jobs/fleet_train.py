@@ -34,6 +34,7 @@ from pipeline.jobs.fleet_common import (
     fleet_ingest_tag,
     log_fleet_summary,
 )
+from pipeline.jobs.review import latest_reviews, verdict_moves
 from pipeline.jobs.train import log_training_input, record_fit
 from pipeline.reports.fleet import AssetSummary, fleet_events
 from pipeline.store import atomic
@@ -92,21 +93,25 @@ def train_assets(
 ) -> dict[str, AssetSummary]:
     """Fit the assets that have enough normal data (in parallel), then log and register each in a nested run."""
     summaries: dict[str, AssetSummary] = {}
-    loaded, tasks = {}, {}
+    loaded, tasks, moves = {}, {}, {}
+    verdicts = latest_reviews(tracker, model_name)
     with tempfile.TemporaryDirectory(prefix="fleet-bundles-") as bundles:
         for asset in sorted(pieces):
             ready = _ready_to_fit(asset, pieces[asset], config, periods, summaries)
             if ready is not None:
                 loaded[asset] = ready
-                in_period = periods.mask(asset, ready.result.table["timestamp"]) if periods else None
-                tasks[asset] = fit_task(ready, config, in_period, Path(bundles) / asset_key(asset) / BUNDLE_FOLDER)
+                table = ready.result.table
+                in_period = periods.mask(asset, table["timestamp"]) if periods else None
+                mine = verdicts[verdicts["asset"] == asset] if len(verdicts) else verdicts
+                moved, moves[asset] = verdict_moves(table, config, mine, in_period)
+                tasks[asset] = fit_task(ready, config, in_period, Path(bundles) / asset_key(asset) / BUNDLE_FOLDER, moved)
         fits = fit_shared_model(tasks, config) if config.fleet.shared_model else map_assets(fit_asset_task, tasks, config.engine)
         for asset, fit in fits.items():
             if isinstance(fit, Failed):
                 summaries[asset].status = f"not trained: {fit.reason}"
                 continue
             summaries[asset] = _register(
-                tracker, model_name, asset, loaded[asset], Path(tasks[asset].args[-1]), fit, config, files
+                tracker, model_name, asset, loaded[asset], Path(tasks[asset].args[3]), fit, config, files, moves[asset]
             )
     return summaries
 
@@ -131,14 +136,15 @@ def _ready_to_fit(asset, pieces, config: PipelineConfig, periods: NormalPeriods 
     return loaded
 
 
-def _register(tracker, model_name, asset, loaded: LoadedInput, folder: Path, fit, config, files) -> AssetSummary:
-    """One nested run for the asset: its input, losses, threshold and registered version."""
+def _register(tracker, model_name, asset, loaded: LoadedInput, folder: Path, fit, config, files, moves=None) -> AssetSummary:
+    """One nested run for the asset: its input, losses, threshold and registered version (and the rows its verdicts moved)."""
     registered = asset_model_name(model_name, asset)
     tags = {"model_name": registered, **asset_tags(model_name, asset)}
     paths = [path for name, path in files if name in set(loaded.sources)]
     with tracker.run("train", run_name=f"train {registered}", tags=tags, nested=True) as run_id:
         tracker.log_params({"asset": asset, "registered_model": registered})
         log_training_input(tracker, loaded, paths, config)
+        tracker.log_metrics(moves or {})
         outcome = record_fit(tracker, loaded, folder, fit, config, registered, run_id, asset_tags(model_name, asset))
     return AssetSummary(
         asset,

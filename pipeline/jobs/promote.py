@@ -16,11 +16,13 @@ from pipeline.data.files import discover_files
 from pipeline.data.fleet import read_fleet, validate_asset
 from pipeline.data.loading import load_input
 from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.reviews import review_figures
 from pipeline.detector.scoring import flag_events, score_rows
 from pipeline.errors import InputError, PromotionRefused
-from pipeline.evaluation.gate import Gate, GateDecision, gate_figures, judge
+from pipeline.evaluation.gate import Gate, GateDecision, gate_figures, judge, with_reviews
 from pipeline.jobs.common import describe_inputs, load_registered
 from pipeline.jobs.fleet_common import FLEET_INGEST_TAG, asset_model_name
+from pipeline.jobs.review import latest_reviews
 from pipeline.reports import describe
 from pipeline.serving import scoring_ingest
 from pipeline.store.names import PROMOTION_ARTIFACT
@@ -98,9 +100,11 @@ def promote_job(
             new_bundle, _ = load_registered(tracker, model_name, candidate.version)
             old_bundle, _ = load_registered(tracker, model_name, champion)
             judged = (asset, fleet_ingest) if asset is not None else None
-            new, old = _figures(new_bundle, files, label_column, judged), _figures(old_bundle, files, label_column, judged)
+            reviews = latest_reviews(tracker, fleet, asset or "")
+            new = _figures(new_bundle, files, label_column, judged, reviews)
+            old = _figures(old_bundle, files, label_column, judged, reviews)
             figures = {**{f"challenger_{k}": v for k, v in new.items()}, **{f"champion_{k}": v for k, v in old.items()}}
-            decision = judge(new, old, label_column is not None, promotion)
+            decision = with_reviews(judge(new, old, label_column is not None, promotion), new, old)
         promoted = decision.promoted
         tracker.log_metrics({k: v for k, v in figures.items() if isinstance(v, float)} | {"promoted": float(promoted)})
         verdict = "promoted" if promoted else ("kept" if champion == candidate.version else "refused")
@@ -127,9 +131,14 @@ def promote_job(
 
 
 def _figures(
-    bundle: ModelBundle, files: list[tuple[str, Path]], label_column: str | None, asset: tuple[str, IngestConfig] | None = None
+    bundle: ModelBundle,
+    files: list[tuple[str, Path]],
+    label_column: str | None,
+    asset: tuple[str, IngestConfig] | None = None,
+    reviews=None,
 ) -> dict[str, float]:
-    """One version's gate figures on the files (on one asset's rows of them), scored as ``score`` scores them."""
+    """One version's gate figures on the files (on one asset's rows of them), scored as ``score`` scores them;
+    with ``reviews`` (the latest verdicts), its figures on the reviewed periods too."""
     ingest = scoring_ingest(bundle, label_column)
     if asset is None:
         loaded = load_input(files, ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints())
@@ -142,7 +151,11 @@ def _figures(
     table = loaded.result.table
     rows = score_rows(bundle, table, progress=True)
     labels = table["label"].to_numpy() if label_column else None
-    return gate_figures(flag_events(bundle, rows) > 0, np.isfinite(rows.score), labels)
+    flagged = flag_events(bundle, rows) > 0
+    figures = gate_figures(flagged, np.isfinite(rows.score), labels)
+    if reviews is not None and len(reviews):
+        figures.update(review_figures(flagged, table["timestamp"], reviews))
+    return figures
 
 
 def _recorded_fleet_ingest(run) -> IngestConfig:

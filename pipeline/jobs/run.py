@@ -13,19 +13,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, ReviewConfig
 from pipeline.data.files import RawSource, discover_files, file_rows, read_source, skip_rows
 from pipeline.data.ingest import IngestResult, validate
 from pipeline.data.quality import quality_figures, quality_report
 from pipeline.detector.bundle import ModelBundle
-from pipeline.detector.scoring import RowScores
-from pipeline.detector.stream import Carry, StreamStep, advance, set_aside_late
+from pipeline.detector.stream import Carry, advance, set_aside_late
 from pipeline.errors import InputError
+from pipeline.jobs import drift_watch
 from pipeline.jobs.common import load_registered, warn_set_aside
-from pipeline.jobs.run_outputs import RunFolder, publish_run_folder, update_cumulative_anomalies
+from pipeline.jobs.review import latest_reviews
+from pipeline.jobs.run_batch import ScoredBatch
+from pipeline.jobs.run_outputs import annotate_cumulative, publish_run_folder, update_cumulative_anomalies
 from pipeline.jobs.run_settings import batch_settings
 from pipeline.jobs.train import TrainOutcome, train_into
-from pipeline.reports.tables import events_frame, scores_batches, scores_schema
 from pipeline.store.checkpoints import checkpoint
 from pipeline.store.lock import exclusive_lock
 from pipeline.store.names import ANOMALIES_FILE, LOCK_FILE, RUN_MANIFEST, STATE_FILE
@@ -65,6 +66,7 @@ class RunOutcome:
     problems: list[str] = field(default_factory=list)  # fleets: assets not scored, rows set aside (exit 2)
     fleet_trained: dict | None = None  # fleets: asset -> AssetSummary of the assets trained by this run
     warnings: list[str] = field(default_factory=list)  # files with more than ingest.max_set_aside_share set aside
+    stale: list[str] = field(default_factory=list)  # one line per stream whose model drift made stale
 
     @property
     def processed(self) -> list[Candidate]:
@@ -83,12 +85,15 @@ def run_job(
     retrain: bool = False,
     dry_run: bool = False,
     process: Callable[..., RunOutcome] | None = None,
+    retrain_when_stale: bool = False,
 ) -> RunOutcome:
     """The scheduled batch: process what is new in ``input_dir`` exactly once.
 
     Trains first when no model of that name exists, or with ``retrain``. Which settings come
     from ``config`` (when ``config_given``) and which from the model: ``jobs.run_settings``.
     ``process`` handles the new files under the lock (default: one stream; fleets: ``jobs.fleet_run``).
+    The cumulative ``anomalies.csv`` shows the verdicts recorded so far (``review``); with
+    ``retrain_when_stale``, a model that drift made stale is retrained (a challenger) after the batch.
     """
     if dry_run:
         return _dry_run(input_dir, state_dir, model_name, tracking_uri, retrain)
@@ -101,6 +106,8 @@ def run_job(
         update_cumulative_anomalies(out_dir, state, state_dir)  # a run killed after committing did not
         tracker = Tracker(tracking_uri, model_name)
         tracker.end_stale_runs()
+        reviews = latest_reviews(tracker, model_name)
+        annotate_cumulative(out_dir, reviews, config.review)
         candidates = classify(_input_files(input_dir), state)
         for c in candidates:
             if c.kind == Kind.QUARANTINED:
@@ -110,7 +117,8 @@ def run_job(
             return RunOutcome(None, None, candidates, [], None)
         run_name = f"run {model_name} {input_dir.name}"
         with tracker.run("run", run_name=run_name, tags={"model_name": model_name}) as run_id:
-            job = RunContext(tracker, run_id, model_name, input_dir, out_dir, state_dir, state, carry)
+            job = RunContext(tracker, run_id, model_name, input_dir, out_dir, state_dir, state, carry, reviews, config.review)
+            job.retrain_when_stale = retrain_when_stale
             return (process or RunContext.process)(job, candidates, config, config_given, retrain)
 
 
@@ -155,6 +163,9 @@ class RunContext:
     state_dir: Path
     state: RunState
     carry: Carry | None
+    reviews: pd.DataFrame | None = None  # the latest verdicts, shown in the cumulative anomalies.csv
+    review_rule: ReviewConfig | None = None
+    retrain_when_stale: bool = False
 
     def process(self, candidates: list[Candidate], config: PipelineConfig, config_given: bool, retrain: bool) -> RunOutcome:
         tracker = self.tracker
@@ -186,6 +197,7 @@ class RunContext:
         if batch is not None:
             manifest = self._manifest(bundle, version, candidates, sources, quarantined, batch)
             folder = publish_run_folder(self.out_dir, self.run_id, batch.folder(manifest))
+        stale = drift_watch.advance(self.state, "", batch.quality["drift"], settings.drift) if batch else []
         self.commit(candidates, sources, quarantined, folder, {None: batch.step.carry} if batch else {})
 
         digests = {c.name: c.digest for c in candidates if c.name in sources}
@@ -196,6 +208,15 @@ class RunContext:
         if batch is not None:
             self._log_batch(outcome, batch, settings, bundle, sources, quarantined, folder)
             outcome.warnings = warn_set_aside(tracker, batch.quality)
+            drift_watch.log_drift(tracker, batch.quality["drift"])
+        if stale:
+            streaks = self.state.drift[""]
+            outcome.stale = [drift_watch.stale_line(self.model_name, version, stale, streaks, batch.quality["drift"])]
+            drift_watch.tag_stale(tracker, outcome.stale)
+            if self.retrain_when_stale and trained is None:
+                outcome.trained = self._train(candidates, sources, quarantined, own)
+                self.state.drift[""] = {}  # counted afresh: the challenger waits for promote
+                save_state(self.state, self.state_dir)
         return outcome
 
     def read_new(self, candidates: list[Candidate], reading, quarantined: list[tuple[str, str]]) -> dict[str, RawSource]:
@@ -235,6 +256,7 @@ class RunContext:
             quality = quality_report(checked, settings.ingest.flatline_rows, settings.ingest.max_set_aside_share)
         else:
             quality = {"rows": checked.counts, "sources": sorted(set(checked.rejected["source"]))}
+        quality["drift"] = drift_watch.batch_drift(bundle, checked.table, settings.drift)
         step = advance(bundle, checked.table, carry, settings.events, settings.scoring.batch_size)
         step.carry = replace(step.carry, model_version=version)
         return ScoredBatch(step, checked, quality, bundle, version, self.run_id)
@@ -277,6 +299,8 @@ class RunContext:
         save_state(state, self.state_dir)
         checkpoint("after_state")
         update_cumulative_anomalies(self.out_dir, state, self.state_dir)
+        if self.reviews is not None and self.review_rule is not None:
+            annotate_cumulative(self.out_dir, self.reviews, self.review_rule)
 
     def _log_batch(self, outcome: RunOutcome, batch: ScoredBatch, settings, bundle, sources, quarantined, folder: Path) -> None:
         outcome.rows_in, outcome.rows_written, outcome.rows_held = (
@@ -301,61 +325,6 @@ class RunContext:
         )
         self.tracker.log_artifact(folder / ANOMALIES_FILE)
         self.tracker.log_artifact(folder / RUN_MANIFEST)
-
-
-@dataclass
-class ScoredBatch:
-    """One scored batch and what its folder shows."""
-
-    step: StreamStep
-    checked: IngestResult  # the batch after late rows were set aside
-    quality: dict
-    bundle: ModelBundle
-    version: str
-    run_id: str
-
-    @property
-    def counts(self) -> dict[str, int]:
-        return {
-            **self.checked.counts,
-            "rows_held_back": self.step.rows_held,
-            "rows_from_earlier_batches": self.step.rows_from_earlier_batches,
-        }
-
-    @property
-    def rows_written(self) -> int:
-        return len(self.step.event) + len(self.checked.rejected)
-
-    def events_frame(self) -> pd.DataFrame:
-        """The events this batch touched, as ``anomalies.csv`` rows with their figures so far."""
-        sensors, threshold = self.bundle.sensors, self.bundle.threshold.value
-        return events_frame(self.step.events, sensors, threshold, self.version, self.run_id)
-
-    def folder(self, manifest: dict) -> RunFolder:
-        """scores.csv: the decided rows (held-back ones first: they are older) and the set-aside rows."""
-        step, rejected, sensors = self.step, self.checked.rejected, self.bundle.sensors
-        written = IngestResult(
-            table=_decided_table(step),
-            rejected=rejected,
-            sensors=sensors,
-            timestamp_column=self.checked.timestamp_column,
-        )
-        rows = RowScores(score=step.score, contributions=step.contributions, segment=step.segment)
-        order = list(
-            dict.fromkeys([*map(str, step.source), *map(str, self.checked.table["source"]), *map(str, rejected["source"])])
-        )
-        threshold = self.bundle.threshold.value
-        return RunFolder(
-            scores=scores_batches(written, rows, step.event, threshold, order),
-            scores_schema=scores_schema(sensors),
-            events=self.events_frame(),
-            quality=self.quality,
-            manifest=manifest,
-        )
-
-
-def _decided_table(step: StreamStep) -> pd.DataFrame:
-    return pd.DataFrame({"source": step.source, "row": step.row, "timestamp": pd.to_datetime(step.timestamp_ns, utc=True)})
 
 
 def validate_batch(

@@ -12,6 +12,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
+from pipeline.config import ReviewConfig
+from pipeline.detector.reviews import annotate
 from pipeline.reports.tables import EVENT_COLUMNS
 from pipeline.store import atomic
 from pipeline.store.checkpoints import checkpoint
@@ -84,3 +86,15 @@ def _read_events(path: Path) -> pd.DataFrame:
     if not path.is_file() or not path.stat().st_size:
         return pd.DataFrame(columns=EVENT_COLUMNS)
     return pd.read_csv(path, dtype={"asset": str, "model_version": str, "run_id": str, "source": str, "top_sensors": str})
+
+
+def annotate_cumulative(out_dir: Path, reviews: pd.DataFrame, rule: ReviewConfig) -> None:
+    """Show the verdicts in ``--out/anomalies.csv`` (``detector.reviews.annotate``: ``verdict``,
+    ``verdict_note``, ``reviewed_by``, ``reviewed_at``, and the known-false-alarm marker), once
+    the model has any; the file is rewritten whole, atomically."""
+    path = out_dir / ANOMALIES_FILE
+    if not len(reviews) or not path.is_file() or not path.stat().st_size:
+        return
+    events = pd.read_csv(path, dtype={"asset": str, "model_version": str, "run_id": str, "source": str, "top_sensors": str})
+    if len(events):
+        atomic.write_csv(annotate(events, reviews, rule), path)

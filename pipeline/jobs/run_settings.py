@@ -6,7 +6,9 @@ takes from the run's settings (``--config``, else the model's training config):
 
 - ``ingest``: the reading and repair settings (delimiter, decimal, time zone, repairs);
 - ``events``: the event policy (applies from this batch on);
-- ``scoring.batch_size``: windows per prediction (memory, not results).
+- ``scoring.batch_size``: windows per prediction (memory, not results);
+- ``drift`` (the limits; the bins are the model's training reference) and ``review`` (the
+  known-false-alarm rule): judgements of the batch, not learned.
 
 Any other ``scoring`` setting in ``--config`` that differs from the model's cannot apply: it is
 named in a one-line warning and the model's value is used.
@@ -46,7 +48,8 @@ def batch_settings(run_config: PipelineConfig, bundle: ModelBundle | None, warn:
     )
     # Event durations in the run's settings count in the sampling interval measured at training.
     events = resolve_events(run_config.events, bundle.sampling_interval_seconds)
-    return model_config.model_copy(update={"ingest": ingest, "events": events, "scoring": scoring})
+    judgements = {"drift": run_config.drift, "review": run_config.review}
+    return model_config.model_copy(update={"ingest": ingest, "events": events, "scoring": scoring, **judgements})
 
 
 def _warn_fixed_scoring(run_config: PipelineConfig, model_config: PipelineConfig) -> None:

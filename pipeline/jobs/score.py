@@ -15,7 +15,10 @@ from pipeline.data.files import discover_files
 from pipeline.data.loading import load_input
 from pipeline.data.quality import quality_figures
 from pipeline.detector.bundle import ModelBundle
+from pipeline.detector.reviews import annotate
+from pipeline.jobs import drift_watch
 from pipeline.jobs.common import describe_inputs, load_registered, log_dataset, log_event_plots, score_loaded, warn_set_aside
+from pipeline.jobs.review import latest_reviews
 from pipeline.reports import describe, plots
 from pipeline.reports.tables import scores_batches, scores_schema
 from pipeline.serving import scoring_ingest
@@ -83,6 +86,10 @@ def _score_into(
     log_dataset(tracker, loaded, paths, f"score {describe_inputs(paths)}", "scoring")
     warnings = warn_set_aside(tracker, loaded.quality)  # scored all the same: every row is reported
     rows, event, events = score_loaded(bundle, loaded, version, run_id)
+    loaded.quality["drift"] = drift_watch.batch_drift(bundle, loaded.result.table, bundle.config.drift)
+    reviews = latest_reviews(tracker, model_name, asset="")
+    if len(reviews) and len(events):
+        events = annotate(events, reviews, bundle.config.review)  # the verdicts, and repeats of reviewed false alarms
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table = loaded.result.table
@@ -116,6 +123,7 @@ def _score_into(
             **quality_figures(loaded.quality),
         }
     )
+    drift_watch.log_drift(tracker, loaded.quality["drift"])
     tracker.log_dict(loaded.quality, QUALITY_ARTIFACT)
     tracker.log_artifact(out_dir / ANOMALIES_FILE)
     tracker.log_artifact(plot)

@@ -18,6 +18,7 @@ from pipeline.detector.bundle import load_bundle
 from pipeline.detector.fitting import FitReport, fit_bundle
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded, warn_set_aside
+from pipeline.jobs.review import latest_reviews, verdict_moves
 from pipeline.reports import describe, plots
 from pipeline.store import atomic
 from pipeline.store.names import (
@@ -67,7 +68,9 @@ def train_into(
     tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
     loaded = load_input(files, config.ingest)
     warnings = log_training_input(tracker, loaded, [path for _, path in files], config)
-    bundle, fit = fit_bundle(loaded.result, config)
+    moved, moves = verdict_moves(loaded.result.table, config, latest_reviews(tracker, model_name, asset=""))
+    tracker.log_metrics(moves)
+    bundle, fit = fit_bundle(loaded.result, config, moved=moved)
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         outcome = record_fit(tracker, loaded, bundle.save(Path(tmp) / BUNDLE_FOLDER), fit, config, model_name, run_id)
     outcome.warnings = warnings

@@ -25,6 +25,8 @@ FLEET_COLUMNS = [
     "rows_flagged",
     "events",
     "alarm_rate",
+    "drift_max_psi",
+    "drifting_sensors",
     "status",
 ]
 
@@ -41,6 +43,8 @@ class AssetSummary:
     rows_set_aside: int = 0
     rows_flagged: int = 0
     events: int = 0
+    drift_max_psi: float | None = None  # the largest PSI of a sensor of this batch (None: not measured)
+    drifting_sensors: str = ""  # sensors past the drift limits in this batch; '(stale)' after those that made the model stale
     status: str = "ok"
 
     @property

@@ -36,6 +36,7 @@ CONFIG_ARTIFACT = "config.yaml"
 QUALITY_ARTIFACT = "quality_report.json"
 THRESHOLD_ARTIFACT = "threshold.json"
 PROMOTION_ARTIFACT = "promotion.json"
+REVIEWS_ARTIFACT = "reviews.json"  # a review run's verdicts (an MLflow table artifact)
 INPUT_PATHS_ARTIFACT = "input_paths.json"  # the files a run read, when too long for a tag
 QUARANTINE_ARTIFACT = QUARANTINE_FILE
 TRAINING_CURVES_PLOT = "training_curves.png"
@@ -61,6 +62,7 @@ FLEET_BENCHMARK_JSON = "fleet_benchmark.json"
 FLEET_BENCHMARK_TRAIN = "train"  # the generated fleet: the normal leading part, one folder per asset
 FLEET_BENCHMARK_SCORE = "score"  # the rest, where faults are injected
 FLEET_BENCHMARK_FAULTS = "faults.csv"
+REVIEW_BENCHMARK_JSON = "review_benchmark.json"
 
 
 def scores_file(output_format: str = "csv") -> str:

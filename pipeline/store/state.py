@@ -71,6 +71,9 @@ class RunState:
     carries: dict[str, dict[str, Any]] = field(default_factory=dict)  # fleets: asset -> its carry
     runs: list[str] = field(default_factory=list)  # committed run folders, oldest first
     unmerged: list[str] = field(default_factory=list)  # committed runs not yet in --out/anomalies.csv
+    # Drift: per stream ("" for one stream, else the asset), sensor -> batches in a row past the
+    # drift limits (``pipeline.detector.drift.advance_streaks``), committed with the batch.
+    drift: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,7 @@ class RunState:
             "carries": self.carries,
             "runs": self.runs,
             "unmerged": self.unmerged,
+            "drift": self.drift,
         }
 
 
@@ -117,6 +121,7 @@ def _parse_state(path: Path) -> RunState:
             carries={str(asset): carry for asset, carry in data.get("carries", {}).items()},
             runs=[str(run) for run in data["runs"]],
             unmerged=[str(run) for run in data.get("unmerged", [])],
+            drift={str(k): {str(s): int(n) for s, n in v.items()} for k, v in data.get("drift", {}).items()},
         )
     except (KeyError, TypeError, AttributeError) as exc:
         raise InputError(f"{path}: not a valid state ({type(exc).__name__}: {exc}); {hint}") from None

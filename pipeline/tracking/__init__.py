@@ -36,6 +36,7 @@ from pipeline.errors import InputError
 from pipeline.store.lock import process_start
 from pipeline.store.names import BUNDLE_FOLDER, DATA_FOLDER, INPUT_PATHS_ARTIFACT, MODEL_ARTIFACT
 from pipeline.tracking.pyfunc import AnomalyModel  # noqa: F401  (versions registered before pyfunc.py load it from here)
+from pipeline.tracking.reviews import ReviewTracking
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
@@ -128,11 +129,11 @@ class RegisteredVersion:
     aliases: tuple[str, ...]
 
 
-class Tracker:
+class Tracker(ReviewTracking):
     """A tracking store and one experiment in it.
 
     ``experiment_name`` is used unless ``MLFLOW_EXPERIMENT_NAME`` names another (the jobs name
-    the experiment after the model).
+    the experiment after the model). Operators' verdicts: ``ReviewTracking`` (``tracking/reviews.py``).
     """
 
     def __init__(self, tracking_uri: str | None, experiment_name: str):
