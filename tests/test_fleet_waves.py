@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import IngestConfig
 from pipeline.data.files import discover_files
-from pipeline.data.fleet import fleet_waves, read_fleet
+from pipeline.data.fleet import fleet_waves, read_asset, read_fleet
 from pipeline.sample_data import generate
 
 ASSETS = ["A-1", "B-2", "C 3", "D/4", "E-5"]
@@ -82,3 +82,11 @@ def test_a_wave_of_chosen_assets_and_the_spill_is_removed(tmp_path, monkeypatch)
     assert any(spill.iterdir())  # pieces spilled while the waves are read ...
     assert next(waves, None) is None
     assert not any(spill.iterdir())  # ... and gone once they are
+
+
+def test_one_assets_rows_alone(tmp_path):
+    files, ingest = _long_files(tmp_path / "in"), IngestConfig(asset_column="asset")
+    whole = read_fleet(files, ingest)
+
+    _same_pieces({"D/4": whole.pieces["D/4"]}, {"D/4": read_asset(files, ingest, "D/4")})
+    assert read_asset(files, ingest, "not in the data") is None

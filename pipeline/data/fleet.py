@@ -6,6 +6,7 @@ repairs; one asset's rows never change another's.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import pickle
@@ -80,6 +81,12 @@ def fleet_waves(
                 wave.unplaced[:0] = layout.unplaced
                 wave.rejected = layout.rejected
             yield wave
+
+
+def read_asset(files: list[tuple[str, Path]], ingest: IngestConfig, asset: str) -> list[RawSource] | None:
+    """One asset's rows of the files (None when they hold none), without holding the others'."""
+    with contextlib.closing(fleet_waves(files, ingest, 1, only=[asset])) as waves:
+        return next(waves).pieces.get(asset)
 
 
 @dataclass

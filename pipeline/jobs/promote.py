@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.config import IngestConfig, PipelineConfig
 from pipeline.data.files import discover_files
-from pipeline.data.fleet import read_fleet, validate_asset
+from pipeline.data.fleet import read_asset, validate_asset
 from pipeline.data.loading import load_input
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.reviews import review_figures
@@ -144,7 +144,7 @@ def _figures(
         loaded = load_input(files, ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints())
     else:
         name, fleet_ingest = asset
-        pieces = read_fleet(files, fleet_ingest).pieces.get(name)
+        pieces = read_asset(files, fleet_ingest, name)
         if not pieces:
             raise InputError(f"promote: the data holds no row of asset {name}")
         loaded = validate_asset(name, pieces, ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints())
