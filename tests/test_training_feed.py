@@ -10,8 +10,11 @@ tf = pytest.importorskip("tensorflow")
 
 
 def _feed_batches(feed, epochs: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    dataset = feed.dataset()
-    return [[(x.numpy(), y.numpy()) for x, y in dataset] for _ in range(epochs)]
+    dataset, batches = feed.dataset(), []
+    for _ in range(epochs):
+        feed.next_epoch()  # as Keras does through feed.callback() when an epoch begins
+        batches.append([(x.numpy(), y.numpy()) for x, y in dataset])
+    return batches
 
 
 @pytest.mark.parametrize("centred", [None, np.array([False, True])])

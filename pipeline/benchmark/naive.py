@@ -64,8 +64,8 @@ def train(bundle_folder: Path, path: Path, rows: int, epochs: int, feed: bool) -
     if feed:
         from pipeline.model.training import WindowFeed
 
-        data = WindowFeed(values, starts, window, model_config.batch_size, shuffle_seed=model_config.seed).dataset()
-        model.fit(data, epochs=epochs, shuffle=False, verbose=0)
+        feed = WindowFeed(values, starts, window, model_config.batch_size, shuffle_seed=model_config.seed)
+        model.fit(feed.dataset(), epochs=epochs, shuffle=False, verbose=0, callbacks=[feed.callback()])
     else:
         windows = np.stack([values[s : s + window] for s in starts])
         model.fit(windows, windows, batch_size=model_config.batch_size, epochs=epochs, shuffle=True, verbose=0)

@@ -43,8 +43,11 @@ def map_local(function: Callable[..., Any], tasks: dict[str, Task], workers: int
     """``function(task.rows, *task.args)`` for each asset; results keyed by asset, in the order of ``tasks``.
 
     ``workers`` processes (default: the number of cores; 1 runs in this process). Worker
-    processes are spawned, not forked (a forked TensorFlow or MLflow client is not safe), once
-    per command: a fleet's waves reuse them, so TensorFlow loads once per worker, not per wave.
+    processes are spawned, not forked (a forked TensorFlow or MLflow client is not safe), and
+    reused by a fleet's waves, so TensorFlow loads once per worker, not per wave; they are
+    replaced after ``TASKS_PER_WORKER`` tasks each, because TensorFlow's runtime keeps about
+    13 MB of every model it has fitted (in C++, out of Python's reach) until its process ends.
+    One worker runs in this process, which therefore grows by that much per fitted asset.
     """
     workers = workers or default_workers()
     if workers == 1 or not tasks:
@@ -53,29 +56,39 @@ def map_local(function: Callable[..., Any], tasks: dict[str, Task], workers: int
     pool = _pool(workers)
     try:
         futures = {asset: pool.submit(guarded, function, task.rows, *task.args) for asset, task in tasks.items()}
-        return {asset: future.result() for asset, future in futures.items()}
+        results = {asset: future.result() for asset, future in futures.items()}
     except BrokenProcessPool:
-        _POOLS.pop(workers, None).shutdown(cancel_futures=True)  # a worker died (killed, out of memory): start afresh next time
+        _retire(workers)  # a worker died (killed, out of memory): start afresh next time
         raise
+    _TASKS_DONE[workers] = _TASKS_DONE.get(workers, 0) + len(tasks)
+    if _TASKS_DONE[workers] >= TASKS_PER_WORKER * workers:
+        _retire(workers)
+    return results
 
 
+TASKS_PER_WORKER = 16  # tasks a worker process runs before it is replaced (see map_local)
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_TASKS_DONE: dict[int, int] = {}
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
     """This command's pool of ``workers`` processes, shut down when the command ends."""
     if workers not in _POOLS:
-        if not _POOLS:
-            atexit.register(_shutdown_pools)
         threads = max(1, default_workers() // workers)  # each worker its share of the cores, not all of them
         context = multiprocessing.get_context("spawn")
         _POOLS[workers] = ProcessPoolExecutor(workers, mp_context=context, initializer=quiet_worker, initargs=(threads,))
     return _POOLS[workers]
 
 
+def _retire(workers: int) -> None:
+    _TASKS_DONE.pop(workers, None)
+    _POOLS.pop(workers).shutdown(cancel_futures=True)
+
+
+@atexit.register
 def _shutdown_pools() -> None:
     while _POOLS:
-        _POOLS.popitem()[1].shutdown(cancel_futures=True)
+        _retire(next(iter(_POOLS)))
 
 
 def guarded(function: Callable[..., Any], *args: Any) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import keras
@@ -68,9 +67,13 @@ class WindowFeed:
     same batches and the same per-epoch order, gathered inside TensorFlow from one copy of the
     scaled values (never a per-window copy in Python) and prefetched while the model trains.
 
-    Each pass over ``dataset()`` (Keras makes one per epoch) draws the next shuffle of the start
-    rows from the same seeded generator ``WindowBatches`` uses. Input noise, when asked for, is
-    drawn by TensorFlow (the inputs' noise differs from ``WindowBatches``'s, the windows do not).
+    Each epoch's order is the next shuffle of the start rows from the same seeded generator
+    ``WindowBatches`` uses, drawn by ``next_epoch`` (Keras calls it through ``callback()`` as each
+    epoch begins) into a variable the pipeline reads. Not ``Dataset.from_generator``: TensorFlow
+    keeps every generator it wraps, and what the generator holds, for the life of the process
+    (about 13 MB per model), which grows without end when one process fits a fleet's models.
+    Input noise, when asked for, is drawn by TensorFlow (the inputs' noise differs from
+    ``WindowBatches``'s, the windows do not).
     """
 
     def __init__(
@@ -86,6 +89,7 @@ class WindowFeed:
         self.values = tf.constant(np.asarray(values, dtype=np.float32))
         self.window_size, self.batch_size = window_size, batch_size
         self.order = np.asarray(starts, dtype=np.int64).copy()
+        self.epoch_order = tf.Variable(self.order, trainable=False)
         self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
         self.input_noise = float(input_noise)
         self.noise_seed = 0 if shuffle_seed is None else shuffle_seed + 1
@@ -94,11 +98,15 @@ class WindowFeed:
     def __len__(self) -> int:
         return int(np.ceil(len(self.order) / self.batch_size))
 
-    def _epoch_starts(self) -> Iterator[np.ndarray]:
+    def next_epoch(self) -> None:
+        """The next epoch's window order: a fresh shuffle, when shuffling."""
         if self.rng is not None:
             self.rng.shuffle(self.order)
-        for lo in range(0, len(self.order), self.batch_size):
-            yield self.order[lo : lo + self.batch_size]
+            self.epoch_order.assign(self.order)
+
+    def callback(self) -> keras.callbacks.Callback:
+        """The Keras callback that draws each epoch's order as the epoch begins."""
+        return _NextEpoch(self)
 
     def windows(self, starts: tf.Tensor) -> tf.Tensor:
         """The windows beginning at ``starts``: (len(starts), window_size, n_sensors)."""
@@ -108,9 +116,13 @@ class WindowFeed:
         return windows
 
     def dataset(self) -> tf.data.Dataset:
-        starts = tf.data.Dataset.from_generator(self._epoch_starts, output_signature=tf.TensorSpec([None], tf.int64))
-        starts = starts.apply(tf.data.experimental.assert_cardinality(len(self)))  # Keras knows the steps per epoch
-        pairs = starts.map(lambda s: (self.windows(s), self.windows(s)), num_parallel_calls=tf.data.AUTOTUNE)
+        n, size = len(self.order), self.batch_size
+
+        def pair(batch: tf.Tensor):
+            windows = self.windows(self.epoch_order[batch * size : tf.minimum((batch + 1) * size, n)])
+            return windows, windows
+
+        pairs = tf.data.Dataset.range(len(self)).map(pair, num_parallel_calls=tf.data.AUTOTUNE)
         if self.input_noise > 0:  # denoising: noisy inputs, clean targets
             noise = tf.random.Generator.from_seed(self.noise_seed)
 
@@ -119,6 +131,15 @@ class WindowFeed:
 
             pairs = pairs.map(noisy)
         return pairs.prefetch(tf.data.AUTOTUNE)
+
+
+class _NextEpoch(keras.callbacks.Callback):
+    def __init__(self, feed: WindowFeed):
+        super().__init__()
+        self.feed = feed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.feed.next_epoch()
 
 
 class _EpochLog(keras.callbacks.Callback):
@@ -174,7 +195,7 @@ def train_autoencoder(
         validation_data=validation.dataset(),
         shuffle=False,  # the feed shuffles, the same way every run
         epochs=config.epochs,
-        callbacks=[stop] if interactive else [stop, _EpochLog()],
+        callbacks=[train.callback(), stop] if interactive else [train.callback(), stop, _EpochLog()],
         verbose=1 if interactive else 0,
     )
     history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items()}
