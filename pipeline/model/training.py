@@ -13,8 +13,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import ModelConfig
+from pipeline.errors import TrainingFailed
 from pipeline.features.windows import gather_windows
-from pipeline.model.autoencoder import build_autoencoder
+from pipeline.model.autoencoder import build_autoencoder, inference_model
 
 log = logging.getLogger(__name__)
 
@@ -131,9 +132,63 @@ class _EpochLog(keras.callbacks.Callback):
         )
 
 
+class _Watch(keras.callbacks.Callback):
+    """Stops training at the first loss that is NaN or infinite (training or validation) and
+    remembers where: ``train_autoencoder`` then fails the run instead of keeping such a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.bad: tuple[int, str, float] | None = None  # (1-based epoch, which loss, its value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss) and self.bad is None:
+            self.bad = (self.epoch, "loss", float(loss))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not np.isfinite(value) and self.bad is None:
+                self.bad = (epoch + 1, key, float(value))
+                self.model.stop_training = True
+
+
+HINT = (
+    "lower model.learning_rate (now {rate:g}) or set model.clipnorm (e.g. 1.0); "
+    "check for a sensor with huge values or one that is constant in the normal rows"
+)
+
+
+def check_training(history: dict[str, list[float]], bad: tuple[int, str, float] | None, config: ModelConfig) -> None:
+    """Raise ``TrainingFailed`` (one line: the epoch, the loss, a hint) for a loss that became NaN or
+    infinite, or a validation loss that no later epoch improved on its first one's while the
+    training loss did not fall either (the optimiser is not learning: a diverging step size).
+
+    A validation loss that stalls after epoch 1 while the training loss falls is logged as a
+    warning only (the model learned; its validation rows may be few or unlike the training rows).
+    """
+    hint = HINT.format(rate=config.learning_rate)
+    if bad is not None:
+        epoch, key, value = bad
+        raise TrainingFailed(f"training failed: {key} became {value} in epoch {epoch}; {hint}")
+    val, loss = history.get("val_loss", []), history.get("loss", [])
+    if len(val) > 1 and not min(val[1:]) < val[0]:
+        stalled = (
+            f"validation loss never improved on epoch 1 ({val[0]:.4g}; epochs 2-{len(val)}: {min(val[1:]):.4g} at best)"
+        )
+        if len(loss) > 1 and not min(loss[1:]) < loss[0]:
+            raise TrainingFailed(f"training failed: {stalled}, nor did the training loss ({loss[0]:.4g}); {hint}")
+        log.warning("%s; the weights of epoch 1 are kept", stalled)
+
+
 @dataclass
 class TrainedModel:
-    model: keras.Model
+    model: keras.Model  # the chain that is saved and scored (for a VAE, its mean path)
     history: dict[str, list[float]]  # per-epoch 'loss' and 'val_loss'
     best_epoch: int  # 1-based epoch whose weights were kept
     windows_per_second: float = 0.0  # training windows fitted per second of model.fit, validation included
@@ -154,8 +209,13 @@ def train_autoencoder(
         train_starts: start rows of the training windows.
         validation_starts: start rows of the early-stopping windows (disjoint rows).
         centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
+
+    Raises:
+        TrainingFailed: a loss became NaN or infinite, or validation loss never improved on its
+            first epoch (``check_training``).
     """
-    model = build_autoencoder(config, window_size, values.shape[1])
+    steps = int(np.ceil(len(train_starts) / config.batch_size))
+    model = build_autoencoder(config, window_size, values.shape[1], steps_per_epoch=steps)
     train = WindowFeed(
         values,
         train_starts,
@@ -167,6 +227,10 @@ def train_autoencoder(
     )
     validation = WindowFeed(values, validation_starts, window_size, config.batch_size, centred=centred)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    watch = _Watch()
+    callbacks = [watch, stop]
+    if config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)))
     interactive = sys.stderr.isatty()
     started = time.perf_counter()
     fitted = model.fit(
@@ -174,10 +238,11 @@ def train_autoencoder(
         validation_data=validation.dataset(),
         shuffle=False,  # the feed shuffles, the same way every run
         epochs=config.epochs,
-        callbacks=[stop] if interactive else [stop, _EpochLog()],
+        callbacks=callbacks if interactive else [*callbacks, _EpochLog()],
         verbose=1 if interactive else 0,
     )
-    history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items()}
+    history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items() if key != "learning_rate"}
+    check_training(history, watch.bad, config)
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     rate = len(train_starts) * len(history["loss"]) / max(time.perf_counter() - started, 1e-9)
-    return TrainedModel(model=model, history=history, best_epoch=best_epoch, windows_per_second=rate)
+    return TrainedModel(model=inference_model(model, config), history=history, best_epoch=best_epoch, windows_per_second=rate)

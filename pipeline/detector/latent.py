@@ -1,0 +1,162 @@
+"""What else the autoencoder gives besides the score: each row's latent code and its
+reconstructed (denoised) values, and the VAE's negative log-likelihood score.
+
+Every output of a row comes from the window of ``window_size`` rows ending at that row, as its
+score does (causal: nothing after the row is used), so a row has a code and a reconstruction
+exactly when it has a score.
+
+* **Code** (``encode``): the output of the model's ``latent`` layer for that window (for a VAE,
+  the mean of the latent distribution).
+* **Reconstruction** (``reconstruct``): the reconstructed window's *last* row, in the sensor's
+  original units (scaled back; a centred sensor gets its window's measured mean added back,
+  since the model saw it centred). The last row is the only estimate that is causal, like the
+  score: the mean over every window holding the row would average up to ``window_size``
+  estimates but needs the ``window_size - 1`` rows after it, so a row's value would change
+  as data arrive. ``benchmark denoise`` measures both.
+* **VAE NLL** (``model.vae_score: nll``): a window's per-sensor energy is its expected residual
+  energy under the encoder's distribution, the mean over ``vae_samples`` fixed draws z = mean +
+  sigma * eps_l (the same eps for every window, so scores repeat and do not depend on batches):
+  with a unit-variance Gaussian decoder, this is its negative log-likelihood up to a constant and
+  a factor (a Monte Carlo "reconstruction probability", An & Cho 2015).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ModelConfig
+from pipeline.detector.window_error import residual_energy
+from pipeline.features.windows import gather_windows, segment_ids, window_starts
+
+if TYPE_CHECKING:
+    from pipeline.detector.bundle import ModelBundle
+
+LATENT_STATS = "latent_stats"  # the VAE's mean and log-variance layer (pipeline.model.autoencoder)
+LOG_VAR_LIMIT = 10.0
+
+
+def halves(model: Any) -> Any:
+    """The model with ``encode``/``encode_to``/``decode``: the NumPy twin has them; a Keras model gets ``KerasHalves``."""
+    if hasattr(model, "encode") and hasattr(model, "decode"):
+        return model
+    from pipeline.model.halves import KerasHalves  # Keras only for models the twin cannot run
+
+    return KerasHalves(model)
+
+
+class SampledNLL:
+    """A VAE scored by its negative log-likelihood (module docstring): ``energy_on_batch`` gives
+    the per-sensor energies; ``predict_on_batch`` (contributions' signals) stays the mean path."""
+
+    def __init__(self, model: Any, config: ModelConfig):
+        self.inner = model
+        self.halves = halves(model)
+        self.latent_dim = config.latent_dim
+        self.eps = np.random.default_rng(config.seed).standard_normal((config.vae_samples, config.latent_dim)).astype(np.float32)
+        self.thread_safe = getattr(model, "thread_safe", False)
+
+    def predict_on_batch(self, windows: np.ndarray) -> np.ndarray:
+        return self.inner.predict_on_batch(windows)
+
+    def energy_on_batch(self, windows: np.ndarray, offset_weight: float) -> np.ndarray:
+        stats = self.halves.encode_to(windows, LATENT_STATS)
+        k = self.latent_dim
+        mean, sigma = stats[:, :k], np.exp(0.5 * np.clip(stats[:, k:], -LOG_VAR_LIMIT, LOG_VAR_LIMIT))
+        energy = np.zeros((len(windows), windows.shape[2]), dtype=np.float64)
+        for eps in self.eps:
+            energy += residual_energy(windows, self.halves.decode(mean + sigma * eps), offset_weight)
+        return (energy / len(self.eps)).astype(np.float32)
+
+    def __getattr__(self, name: str) -> Any:  # save, encode, decode, ... of the model itself
+        return getattr(self.inner, name)
+
+
+def scoring_model(model: Any, config: ModelConfig) -> Any:
+    """The model as scoring uses it: wrapped in ``SampledNLL`` for ``vae`` with ``vae_score: nll``."""
+    if config.architecture == "vae" and config.vae_score == "nll" and not isinstance(model, SampledNLL):
+        return SampledNLL(model, config)
+    return model
+
+
+def _windows(
+    bundle: ModelBundle, table: pd.DataFrame, batch_size: int | None
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """(row of each window's last row, the windows as the model sees them, the centred sensors'
+    window means before centring or None) of a validated table, a batch at a time in time order."""
+    values = bundle.scaler.transform_frame(table)
+    window = bundle.window_size
+    centred = bundle.scaler.centred_mask
+    starts = window_starts(segment_ids(table["timestamp"], bundle.max_gap_seconds), window, stride=1)
+    size = batch_size or bundle.config.scoring.batch_size
+    for lo in range(0, len(starts), size):
+        batch = starts[lo : lo + size]
+        windows = gather_windows(values, batch, window)
+        means = None
+        if centred is not None:  # as gather_windows centres them, keeping the level it took away
+            means = windows.mean(axis=1)
+            windows[:, :, centred] -= means[:, None, centred]
+        yield batch + (window - 1), windows, means
+
+
+def code_batches(
+    bundle: ModelBundle, table: pd.DataFrame, batch_size: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row indices into ``table``, latent codes (n, latent_dim)) for every row with a full window."""
+    model = halves(bundle.model)
+    for ends, windows, _ in _windows(bundle, table, batch_size):
+        yield ends, model.encode(windows)
+
+
+def reconstruction_batches(
+    bundle: ModelBundle, table: pd.DataFrame, batch_size: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row indices into ``table``, reconstructed values (n, n_sensors) in original units) for every
+    row with a full window: the last row of the reconstruction of the window ending at the row."""
+    scale, mean = np.asarray(bundle.scaler.scale), np.asarray(bundle.scaler.mean)
+    centred = bundle.scaler.centred_mask
+    for ends, windows, means in _windows(bundle, table, batch_size):
+        last = np.asarray(bundle.model.predict_on_batch(windows))[:, -1, :].astype(np.float64)
+        if means is not None:  # the model saw these centred: their level is the window's measured mean
+            last[:, centred] += means[:, centred]
+        yield ends, last * scale + mean
+
+
+QUALITY_MAX_WINDOWS = 20_000  # held-out windows the per-sensor reconstruction quality is measured on, at most
+
+
+def reconstruction_quality(
+    model: Any, values: np.ndarray, starts: np.ndarray, window: int, sensors: list[str], scale: list[float], centred=None
+) -> list[dict[str, Any]]:
+    """How well the model rebuilds each sensor on held-out windows (at most ``QUALITY_MAX_WINDOWS``,
+    evenly spread): its RMSE in original units and in scaled units, and the share of its variance
+    over those windows (as the model sees them: centred sensors centred) that it explains,
+    1 - MSE / variance (1 = perfect, 0 = no better than the windows' mean, below 0 = worse).
+    """
+    if starts.size > QUALITY_MAX_WINDOWS:
+        starts = starts[np.unique(np.linspace(0, starts.size - 1, QUALITY_MAX_WINDOWS).round().astype(np.int64))]
+    n = len(sensors)
+    squared, total, total_sq, count = np.zeros(n), np.zeros(n), np.zeros(n), 0
+    for lo in range(0, len(starts), 4096):
+        windows = gather_windows(values, starts[lo : lo + 4096], window, centred)
+        rebuilt = np.asarray(model.predict_on_batch(windows), dtype=np.float64)
+        squared += np.square(windows - rebuilt).sum(axis=(0, 1))
+        total += windows.sum(axis=(0, 1), dtype=np.float64)
+        total_sq += np.square(windows, dtype=np.float64).sum(axis=(0, 1))
+        count += windows.shape[0] * windows.shape[1]
+    count = max(count, 1)
+    mse = squared / count
+    variance = np.maximum(total_sq / count - np.square(total / count), 0.0)
+    explained = np.where(variance > 1e-12, 1.0 - mse / np.where(variance > 1e-12, variance, 1.0), np.nan)
+    return [
+        {
+            "sensor": sensor,
+            "rmse": float(np.sqrt(mse[i]) * scale[i]),
+            "rmse_scaled": float(np.sqrt(mse[i])),
+            "variance_explained": float(explained[i]),
+        }
+        for i, sensor in enumerate(sensors)
+    ]
