@@ -178,9 +178,7 @@ def check_training(history: dict[str, list[float]], bad: tuple[int, str, float] 
         raise TrainingFailed(f"training failed: {key} became {value} in epoch {epoch}; {hint}")
     val, loss = history.get("val_loss", []), history.get("loss", [])
     if len(val) > 1 and not min(val[1:]) < val[0]:
-        stalled = (
-            f"validation loss never improved on epoch 1 ({val[0]:.4g}; epochs 2-{len(val)}: {min(val[1:]):.4g} at best)"
-        )
+        stalled = f"validation loss never improved on epoch 1 ({val[0]:.4g}; epochs 2-{len(val)}: {min(val[1:]):.4g} at best)"
         if len(loss) > 1 and not min(loss[1:]) < loss[0]:
             raise TrainingFailed(f"training failed: {stalled}, nor did the training loss ({loss[0]:.4g}); {hint}")
         log.warning("%s; the weights of epoch 1 are kept", stalled)
