@@ -108,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet(score)
     _common(score, config=False)
 
+    for name, what in (
+        ("encode", "latent.parquet: each row's latent code"),
+        ("reconstruct", "reconstructed.parquet: denoised values"),
+    ):
+        uses = commands.add_parser(name, help=f"{what} (the window ending at the row), with the registered model")
+        uses.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
+        uses.add_argument("--out", required=True, metavar="DIR", help="folder for the output")
+        uses.add_argument("--asset-column", metavar="COL", help="fleets: the column naming each row's asset")
+        _common(uses, config=False)
+
     run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
     run.add_argument("--input", required=True, metavar="DIR", help="folder of CSV/Parquet files")
     run.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
@@ -162,6 +172,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if getattr(args, "output_format", "csv") != "csv":
             raise InputError("--format parquet: fleets write scores.csv only (for now); leave --format out")
         return _fleet_command(args, config)
+    if args.command in ("encode", "reconstruct"):
+        return _uses_command(args, config)
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
@@ -212,6 +224,23 @@ def _dispatch(args: argparse.Namespace) -> int:
             return code
     print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
     return 0
+
+
+def _uses_command(args: argparse.Namespace, config: PipelineConfig) -> int:
+    """encode or reconstruct; 2 when an asset of a fleet was not written."""
+    from pipeline.jobs.encode import encode_job, reconstruct_job
+
+    job = encode_job if args.command == "encode" else reconstruct_job
+    outcome = job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest)
+    print(
+        f"{args.command}: {outcome.rows_written} of {outcome.rows_in} rows (those with a full window) written to "
+        f"{outcome.path} with model version {outcome.model_version} (sha256 {outcome.digest[:12]}, run {outcome.run_id})"
+    )
+    _print_warnings(outcome.warnings)
+    for problem in outcome.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+    return 2 if outcome.problems else 0
 
 
 def _fleet_command(args: argparse.Namespace, config: PipelineConfig) -> int:

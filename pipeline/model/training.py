@@ -158,19 +158,27 @@ class _Watch(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+BASELINE_FACTOR = 2.0  # a validation loss this many times that of an all-zeros reconstruction: diverged
+
 HINT = (
     "lower model.learning_rate (now {rate:g}) or set model.clipnorm (e.g. 1.0); "
     "check for a sensor with huge values or one that is constant in the normal rows"
 )
 
 
-def check_training(history: dict[str, list[float]], bad: tuple[int, str, float] | None, config: ModelConfig) -> None:
+def check_training(
+    history: dict[str, list[float]], bad: tuple[int, str, float] | None, config: ModelConfig, baseline: float = np.inf
+) -> None:
     """Raise ``TrainingFailed`` (one line: the epoch, the loss, a hint) for a loss that became NaN or
     infinite, or a validation loss that no later epoch improved on its first one's while the
-    training loss did not fall either (the optimiser is not learning: a diverging step size).
+    training loss did not fall either (the optimiser is not learning: a diverging step size), or
+    while it is more than ``BASELINE_FACTOR`` times ``baseline`` (the validation loss of rebuilding
+    every window as all zeros, i.e. each sensor at its training mean: the model is worse than
+    knowing nothing).
 
-    A validation loss that stalls after epoch 1 while the training loss falls is logged as a
-    warning only (the model learned; its validation rows may be few or unlike the training rows).
+    A validation loss that stalls after epoch 1 while the training loss falls, near or below the
+    baseline, is logged as a warning only (a short training of a small model on little data does
+    that; its validation rows may also be few or unlike the training rows).
     """
     hint = HINT.format(rate=config.learning_rate)
     if bad is not None:
@@ -181,7 +189,22 @@ def check_training(history: dict[str, list[float]], bad: tuple[int, str, float] 
         stalled = f"validation loss never improved on epoch 1 ({val[0]:.4g}; epochs 2-{len(val)}: {min(val[1:]):.4g} at best)"
         if len(loss) > 1 and not min(loss[1:]) < loss[0]:
             raise TrainingFailed(f"training failed: {stalled}, nor did the training loss ({loss[0]:.4g}); {hint}")
+        if not val[0] <= BASELINE_FACTOR * baseline:
+            raise TrainingFailed(
+                f"training failed: {stalled}, more than {BASELINE_FACTOR:g} times the loss of rebuilding every window "
+                f"as the training mean ({baseline:.4g}); {hint}"
+            )
         log.warning("%s; the weights of epoch 1 are kept", stalled)
+
+
+def _zero_loss(values: np.ndarray, starts: np.ndarray, window_size: int, centred: np.ndarray | None) -> float:
+    """The mean squared value of the windows: the loss of a model that rebuilds them as zeros."""
+    total, count = 0.0, 0
+    for lo in range(0, len(starts), 4096):
+        windows = gather_windows(values, starts[lo : lo + 4096], window_size, centred)
+        total += float(np.square(windows, dtype=np.float64).sum())
+        count += windows.size
+    return total / max(count, 1)
 
 
 @dataclass
@@ -240,7 +263,7 @@ def train_autoencoder(
         verbose=1 if interactive else 0,
     )
     history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items() if key != "learning_rate"}
-    check_training(history, watch.bad, config)
+    check_training(history, watch.bad, config, _zero_loss(values, validation_starts, window_size, centred))
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     rate = len(train_starts) * len(history["loss"]) / max(time.perf_counter() - started, 1e-9)
     return TrainedModel(model=inference_model(model, config), history=history, best_epoch=best_epoch, windows_per_second=rate)
