@@ -167,3 +167,14 @@ def test_check_training_rules():
         check_training({"loss": [1.0, 1.2, 1.1], "val_loss": [1.0, 1.1, 1.2]}, None, config)
     with pytest.raises(TrainingFailed, match="rebuilding every window"):
         check_training({"loss": [50.0, 20.0], "val_loss": [400.0, 900.0]}, None, config, 0.3)
+
+
+@pytest.mark.parametrize(("schedule", "clipnorm"), [("cosine", 1.0), ("plateau", None)])
+def test_learning_rate_schedules_and_gradient_clipping_train(schedule, clipnorm):
+    from pipeline.model.training import train_autoencoder
+
+    values = np.random.default_rng(0).normal(size=(400, 3)).astype("float32")
+    config = ModelConfig(filters=[4], latent_dim=2, epochs=3, batch_size=32, lr_schedule=schedule, clipnorm=clipnorm, patience=1)
+    trained = train_autoencoder(values, np.arange(0, 300), np.arange(310, 390), 8, config)
+    assert trained.model.optimizer.clipnorm == clipnorm
+    assert set(trained.history) == {"loss", "val_loss"} and np.isfinite(trained.history["loss"]).all()
