@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         uses.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
         uses.add_argument("--out", required=True, metavar="DIR", help="folder for the output")
         uses.add_argument("--asset-column", metavar="COL", help="fleets: the column naming each row's asset")
+        if name == "reconstruct":
+            uses.add_argument(
+                "--estimate",
+                choices=("last", "mean"),
+                default="last",
+                help="last row of the window ending at the row (default, causal) or the mean over every window holding it",
+            )
         _common(uses, config=False)
 
     run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
@@ -230,8 +237,10 @@ def _uses_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     """encode or reconstruct; 2 when an asset of a fleet was not written."""
     from pipeline.jobs.encode import encode_job, reconstruct_job
 
-    job = encode_job if args.command == "encode" else reconstruct_job
-    outcome = job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest)
+    if args.command == "encode":
+        outcome = encode_job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest)
+    else:
+        outcome = reconstruct_job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, args.estimate)
     print(
         f"{args.command}: {outcome.rows_written} of {outcome.rows_in} rows (those with a full window) written to "
         f"{outcome.path} with model version {outcome.model_version} (sha256 {outcome.digest[:12]}, run {outcome.run_id})"

@@ -19,7 +19,7 @@ from pipeline.config import IngestConfig
 from pipeline.data.files import RawSource
 from pipeline.data.ingest import IngestResult, validate
 from pipeline.detector.bundle import ModelBundle
-from pipeline.detector.latent import code_batches, reconstruction_batches
+from pipeline.detector.latent import ESTIMATES, code_batches, reconstruction_batches
 from pipeline.detector.scoring import flag_events, score_rows
 from pipeline.errors import InputError
 from pipeline.reports.latent import latent_batches, latent_schema, reconstructed_batches, reconstructed_schema
@@ -51,7 +51,9 @@ def scoring_ingest(bundle: ModelBundle, label_column: str | None = None) -> Inge
     return bundle.config.ingest.model_copy(update={"label_column": label_column})
 
 
-def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAULT_SOURCE, output: str = "scores") -> pd.DataFrame:
+def predict_frame(
+    bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAULT_SOURCE, output: str = "scores", estimate: str = "last"
+) -> pd.DataFrame:
     """Score one raw sensor frame as ``anomaly-pipeline score`` scores one file (or encode or
     reconstruct it as ``encode`` and ``reconstruct`` do).
 
@@ -61,6 +63,7 @@ def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAUL
             columns are ignored), shape (n_rows, n_columns).
         source: the name reported in the ``source`` column.
         output: ``scores`` (default), ``latent`` or ``reconstruction`` (``OUTPUTS``).
+        estimate: for ``reconstruction``, ``last`` (default) or ``mean`` (``reconstruct --estimate``).
 
     Returns:
         ``scores``: one row per input row, in input order, with the ``scores.csv`` columns;
@@ -74,13 +77,16 @@ def predict_frame(bundle: ModelBundle, frame: pd.DataFrame, source: str = DEFAUL
     """
     if output not in OUTPUTS:
         raise InputError(f"output {output!r}: expected one of {', '.join(OUTPUTS)}")
+    if estimate not in ESTIMATES:
+        raise InputError(f"estimate {estimate!r}: expected one of {', '.join(ESTIMATES)}")
     raw = RawSource(name=source, frame=frame.reset_index(drop=True), digest="")
     result = validate(
         [raw], scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
     )
     table = result.table
     if output == "reconstruction":
-        batches = list(reconstructed_batches(table, bundle.sensors, reconstruction_batches(bundle, table)))
+        values = reconstruction_batches(bundle, table, estimate=estimate)
+        batches = list(reconstructed_batches(table, bundle.sensors, values))
         return pa.Table.from_batches(batches, reconstructed_schema(bundle.sensors)).to_pandas()
     rows = score_rows(bundle, table)
     if output == "latent":

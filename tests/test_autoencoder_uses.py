@@ -104,9 +104,32 @@ def test_pyfunc_serves_scores_codes_and_reconstructions_as_the_commands_write_th
         model.predict(frame, params={"source": "pump.csv", "output": "reconstruction"}), pd.read_parquet(reconstructed_path)
     )
     params = {p.name: p.default for p in model.metadata.signature.params.params}
-    assert params == {"source": "input", "output": "scores"}
+    assert params == {"source": "input", "output": "scores", "estimate": "last"}
     with pytest.raises(Exception, match="output 'codes'"):
         model.predict(frame, params={"output": "codes"})
+
+
+def test_the_mean_over_windows_estimate_streams_what_the_offline_mean_gives(store, trained_store, tmp_path):
+    from pipeline.benchmark.denoise import mean_over_windows
+    from pipeline.data.loading import load_input
+    from pipeline.detector.latent import reconstruction_batches
+    from pipeline.serving import scoring_ingest
+
+    bundle = _bundle(store, tmp_path)
+    loaded = load_input([("pump.csv", trained_store.csv)], scoring_ingest(bundle), sensors=bundle.sensors)
+    table = loaded.result.table
+    expected = mean_over_windows(bundle, table)  # all windows at once, offline
+    for batch_size in (4096, 37):  # one batch, and many: the sums carried across batches
+        ends, values = zip(*reconstruction_batches(bundle, table, batch_size, estimate="mean"))
+        ends, values = np.concatenate(ends), np.concatenate(values)
+        np.testing.assert_array_equal(ends, np.arange(WINDOW - 1, len(table)))
+        np.testing.assert_allclose(values, expected[ends], rtol=1e-6)  # float32 rounding of other batch cuts
+    mean = predict_frame(bundle, pd.read_csv(trained_store.csv), "pump.csv", "reconstruction", "mean")
+    np.testing.assert_allclose(mean[bundle.sensors].to_numpy(), expected[WINDOW - 1 :], rtol=1e-6)
+    common = ["--model-name", "pump", "--tracking-uri", store]
+    out = tmp_path / "mean"
+    assert main(["reconstruct", "--input", str(trained_store.csv), "--out", str(out), "--estimate", "mean", *common]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "reconstructed.parquet"), mean)
 
 
 def test_training_logs_each_sensors_reconstruction_quality(trained_store):

@@ -12,7 +12,8 @@ exactly when it has a score.
   since the model saw it centred). The last row is the only estimate that is causal, like the
   score: the mean over every window holding the row would average up to ``window_size``
   estimates but needs the ``window_size - 1`` rows after it, so a row's value would change
-  as data arrive. ``benchmark denoise`` measures both.
+  as data arrive. ``benchmark denoise`` measures both; ``reconstruct --estimate mean`` writes the
+  mean (offline use).
 * **VAE NLL** (``model.vae_score: nll``): a window's per-sensor energy is its expected residual
   energy under the encoder's distribution, the mean over ``vae_samples`` fixed draws z = mean +
   sigma * eps_l (the same eps for every window, so scores repeat and do not depend on batches):
@@ -111,18 +112,70 @@ def code_batches(
         yield ends, model.encode(windows)
 
 
+ESTIMATES = ("last", "mean")  # of a row's reconstructed value (module docstring)
+
+
 def reconstruction_batches(
-    bundle: ModelBundle, table: pd.DataFrame, batch_size: int | None = None
+    bundle: ModelBundle, table: pd.DataFrame, batch_size: int | None = None, estimate: str = "last"
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(row indices into ``table``, reconstructed values (n, n_sensors) in original units) for every
-    row with a full window: the last row of the reconstruction of the window ending at the row."""
+    row with a full window, in time order.
+
+    ``estimate="last"`` (default, causal): the last row of the reconstruction of the window ending
+    at the row. ``"mean"``: the mean over every window holding the row (it uses the
+    ``window_size - 1`` rows after it); kept a batch at a time, a row is given once no later window
+    can hold it.
+    """
+    if estimate not in ESTIMATES:
+        raise ValueError(f"estimate {estimate!r}: expected one of {', '.join(ESTIMATES)}")
     scale, mean = np.asarray(bundle.scaler.scale), np.asarray(bundle.scaler.mean)
     centred = bundle.scaler.centred_mask
+    if estimate == "mean":
+        for ends, values in _mean_of_windows(bundle, table, batch_size):
+            yield ends, values * scale + mean
+        return
     for ends, windows, means in _windows(bundle, table, batch_size):
         last = np.asarray(bundle.model.predict_on_batch(windows))[:, -1, :].astype(np.float64)
         if means is not None:  # the model saw these centred: their level is the window's measured mean
             last[:, centred] += means[:, centred]
         yield ends, last * scale + mean
+
+
+def _mean_of_windows(bundle: ModelBundle, table: pd.DataFrame, batch_size: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Scaled mean reconstruction over every window holding each window-end row, in time order.
+
+    Sums and counts are kept only for the rows a later window may still cover: from the first
+    row of the oldest end not yet given to the last row seen.
+    """
+    window = bundle.window_size
+    centred = bundle.scaler.centred_mask
+    base, total, count = 0, None, None  # accumulators of rows base .. base + len(count) - 1
+    waiting = np.empty(0, dtype=np.int64)  # window ends seen, not yet given
+    for ends, windows, means in _windows(bundle, table, batch_size):
+        starts = ends - (window - 1)
+        if total is not None:  # rows before this batch's first start are final
+            ready = waiting[waiting < starts[0]]
+            if ready.size:
+                yield ready, total[ready - base] / count[ready - base, None]
+            waiting = waiting[waiting >= starts[0]]
+            keep = int(min(starts[0], waiting[0] if waiting.size else starts[0])) - base
+            base, total, count = base + keep, total[keep:], count[keep:]
+        rebuilt = np.asarray(bundle.model.predict_on_batch(windows), dtype=np.float64)
+        if means is not None:
+            rebuilt[:, :, centred] += means[:, None, centred]
+        if total is None:
+            base, total, count = int(starts[0]), np.zeros((0, rebuilt.shape[2])), np.zeros(0, dtype=np.int64)
+        grow = int(ends[-1]) + 1 - base - len(count)
+        if grow > 0:
+            total = np.concatenate([total, np.zeros((grow, total.shape[1]))])
+            count = np.concatenate([count, np.zeros(grow, dtype=np.int64)])
+        for offset in range(window):  # for one offset the rows are distinct: plain fancy-index adds
+            rows = starts + offset - base
+            total[rows] += rebuilt[:, offset]
+            count[rows] += 1
+        waiting = np.concatenate([waiting, ends])
+    if total is not None and waiting.size:
+        yield waiting, total[waiting - base] / count[waiting - base, None]
 
 
 QUALITY_MAX_WINDOWS = 20_000  # held-out windows the per-sensor reconstruction quality is measured on, at most

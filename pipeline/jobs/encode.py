@@ -65,32 +65,42 @@ def encode_job(
 
 
 def reconstruct_job(
-    inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig | None = None
+    inputs: list[str | Path],
+    out_dir: Path,
+    model_name: str,
+    tracking_uri: str | None,
+    ingest: IngestConfig | None = None,
+    estimate: str = "last",
 ) -> UsesOutcome:
-    """Write ``reconstructed.parquet``: every row's reconstructed sensor values, in original units."""
-    return _job(RECONSTRUCT, inputs, out_dir, model_name, tracking_uri, ingest)
+    """Write ``reconstructed.parquet``: every row's reconstructed sensor values, in original units
+    (``estimate``: ``last`` row of the window ending at the row, or ``mean`` over the windows holding it)."""
+    return _job(RECONSTRUCT, inputs, out_dir, model_name, tracking_uri, ingest, estimate)
 
 
-def _job(kind, inputs, out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig | None) -> UsesOutcome:
+def _job(
+    kind, inputs, out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig | None, estimate: str = "last"
+) -> UsesOutcome:
     tracker = Tracker(tracking_uri, model_name)
     files = discover_files(inputs)
     paths = [path for _, path in files]
     fleet = ingest is not None and ingest.fleet
     tags = {"model_name": model_name, **({"fleet": model_name, **fleet_ingest_tag(ingest)} if fleet else {})}
+    if kind == RECONSTRUCT:
+        tags["estimate"] = estimate
     with tracker.run(kind, run_name=f"{kind} {model_name} {describe_inputs(inputs)}", tags=tags) as run_id:
         tracker.record_input_paths(paths)
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=f"{kind}-") as tmp:
             if fleet:
-                outcome = _fleet(kind, tracker, model_name, files, ingest, out_dir, run_id, Path(tmp))
+                outcome = _fleet(kind, tracker, model_name, files, ingest, out_dir, run_id, Path(tmp), estimate)
             else:
-                outcome = _stream(kind, tracker, model_name, files, out_dir, run_id, Path(tmp))
+                outcome = _stream(kind, tracker, model_name, files, out_dir, run_id, Path(tmp), estimate)
         _log_output(tracker, outcome, kind)
     log.info("%s: %d of %d rows written to %s", kind, outcome.rows_written, outcome.rows_in, outcome.path)
     return outcome
 
 
-def _stream(kind, tracker: Tracker, model_name: str, files, out_dir: Path, run_id: str, tmp: Path) -> UsesOutcome:
+def _stream(kind, tracker: Tracker, model_name: str, files, out_dir: Path, run_id: str, tmp: Path, estimate: str) -> UsesOutcome:
     bundle, version = load_registered(tracker, model_name)
     loaded = load_input(
         files, scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
@@ -108,14 +118,14 @@ def _stream(kind, tracker: Tracker, model_name: str, files, out_dir: Path, run_i
         path = atomic.write_parquet_batches(batches, latent_schema(bundle.config.model.latent_dim), out_dir / LATENT_FILE)
         _log_plot(tracker, sample, bundle.threshold.value, out_dir, tmp)
     else:
-        batches = reconstructed_batches(table, bundle.sensors, reconstruction_batches(bundle, table))
+        batches = reconstructed_batches(table, bundle.sensors, reconstruction_batches(bundle, table, estimate=estimate))
         path = atomic.write_parquet_batches(batches, reconstructed_schema(bundle.sensors), out_dir / RECONSTRUCTED_FILE)
     return UsesOutcome(
         run_id, path, loaded.result.counts["rows_in"], pq.ParquetFile(path).metadata.num_rows, "", version, warnings
     )
 
 
-def _fleet(kind, tracker: Tracker, model_name: str, files, ingest: IngestConfig, out_dir: Path, run_id: str, tmp: Path):
+def _fleet(kind, tracker: Tracker, model_name: str, files, ingest: IngestConfig, out_dir: Path, run_id: str, tmp: Path, estimate):
     """Asset by asset, each with its own champion; every asset's code must have the same size."""
     writer, schema, sample, versions, problems, rows_in = None, None, [], {}, [], 0
     target = out_dir / (LATENT_FILE if kind == ENCODE else RECONSTRUCTED_FILE)
@@ -139,7 +149,8 @@ def _fleet(kind, tracker: Tracker, model_name: str, files, ingest: IngestConfig,
                     threshold = bundle.threshold.value if threshold is None else threshold
                 else:
                     own = reconstructed_schema(bundle.sensors, asset=True)
-                    batches = reconstructed_batches(table, bundle.sensors, reconstruction_batches(bundle, table), asset)
+                    values = reconstruction_batches(bundle, table, estimate=estimate)
+                    batches = reconstructed_batches(table, bundle.sensors, values, asset)
                 if schema is not None and own != schema:
                     problems.append(
                         f"asset {asset}: not written: its columns differ from the first asset's ({_differ(own, schema)})"

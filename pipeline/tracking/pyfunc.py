@@ -23,7 +23,9 @@ class AnomalyModel(mlflow.pyfunc.PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream,
         ``params={"output": "latent"}`` or ``{"output": "reconstruction"}`` returns the rows of
-        ``encode``'s ``latent.parquet`` or ``reconstruct``'s ``reconstructed.parquet`` instead."""
-        source = str((params or {}).get("source") or serving.DEFAULT_SOURCE)
-        output = str((params or {}).get("output") or "scores")
-        return serving.predict_frame(self.bundle, pd.DataFrame(model_input), source, output)
+        ``encode``'s ``latent.parquet`` or ``reconstruct``'s ``reconstructed.parquet`` instead
+        (``"estimate": "mean"`` as ``reconstruct --estimate mean``)."""
+        params = params or {}
+        source = str(params.get("source") or serving.DEFAULT_SOURCE)
+        output, estimate = str(params.get("output") or "scores"), str(params.get("estimate") or "last")
+        return serving.predict_frame(self.bundle, pd.DataFrame(model_input), source, output, estimate)
