@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.cli import main
 from pipeline.config import ModelConfig
-from pipeline.detector.latent import SampledNLL
+from pipeline.detector.sampled import SampledNLL
 from pipeline.errors import TrainingFailed
 from pipeline.model.autoencoder import build_autoencoder, inference_model
 from pipeline.model.halves import KerasHalves

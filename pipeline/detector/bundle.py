@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
-from pipeline.detector.latent import scoring_model
+from pipeline.detector.sampled import scoring_model
 from pipeline.detector.threshold import Threshold
 from pipeline.detector.window_error import Reconstructor
 from pipeline.errors import InputError

@@ -21,7 +21,8 @@ from pipeline.config import PipelineConfig, resolve_durations
 from pipeline.data.ingest import IngestResult
 from pipeline.data.quality import sampling_interval_seconds
 from pipeline.detector.bundle import ModelBundle
-from pipeline.detector.latent import reconstruction_quality, scoring_model
+from pipeline.detector.latent import reconstruction_quality
+from pipeline.detector.sampled import scoring_model
 from pipeline.detector.threshold import calibrate_threshold
 from pipeline.detector.window_error import (
     ErrorNormaliser,
