@@ -119,18 +119,29 @@ def _cell(figure: dict[str, float | None], percent: bool = False, digits: int = 
 
 
 def render(result: dict[str, Any]) -> str:
-    """The Markdown table: one row per architecture."""
+    """The Markdown table: one row per architecture, overall and per group (F1 / FAR / MAR means)."""
+    groups = ("valve1", "valve2", "other")
     lines = [
-        "| architecture | seeds | F1 | FAR | MAR | event F1 | seconds per pass |",
-        "|---|---|---|---|---|---|---|",
+        "| architecture | seeds | F1 | FAR | MAR | "
+        + " | ".join(f"{g} F1 / FAR / MAR" for g in groups)
+        + " | event F1 | seconds per pass |",
+        "|---|---|---|---|---|" + "---|" * len(groups) + "---|---|",
     ]
     for name, figures in result["architectures"].items():
         seeds = ", ".join(map(str, figures["seeds_done"])) or "none"
         if figures["failed"]:
             seeds += f" (failed: {', '.join(str(f['seed']) for f in figures['failed'])})"
+        per_group = []
+        for group in groups:
+            g = figures["groups"].get(group)
+            if not g:
+                per_group.append("n/a")
+                continue
+            per_group.append(f"{g['f1']['mean']:.3f} / {100 * g['far']['mean']:.2f} % / {100 * g['mar']['mean']:.2f} %")
         lines.append(
             f"| {name} | {seeds} | {_cell(figures['f1'])} | {_cell(figures['far'], True, 2)} | "
-            f"{_cell(figures['mar'], True, 2)} | {_cell(figures['event_f1'])} | {_cell(figures['seconds'], digits=0)} |"
+            f"{_cell(figures['mar'], True, 2)} | {' | '.join(per_group)} | {_cell(figures['event_f1'])} | "
+            f"{_cell(figures['seconds'], digits=0)} |"
         )
     return "\n".join(lines) + "\n"
 
