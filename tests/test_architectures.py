@@ -126,6 +126,9 @@ def test_lstm_and_vae_train_and_score_end_to_end(tmp_path, tiny_csv, tracking_ur
         got = predict_frame(bundle, pd.read_csv({str(tiny_csv)!r}), "pump.csv")
         expected = pd.read_csv({str(tmp_path / "out" / "scores.csv")!r})
         assert (got["score"].fillna(-1) - expected["score"].fillna(-1)).abs().max() < 1e-5 * expected["score"].max()
+        codes = predict_frame(bundle, pd.read_csv({str(tiny_csv)!r}), "pump.csv", "latent")  # encode's path
+        rebuilt = predict_frame(bundle, pd.read_csv({str(tiny_csv)!r}), "pump.csv", "reconstruction")
+        assert len(codes) == len(rebuilt) == expected["score"].notna().sum()
         loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras'))
         assert not loaded, loaded
         """
