@@ -108,6 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     _fleet(score)
     _common(score, config=False)
 
+    for name, what in (
+        ("encode", "latent.parquet: each row's latent code"),
+        ("reconstruct", "reconstructed.parquet: denoised values"),
+    ):
+        uses = commands.add_parser(name, help=f"{what} (the window ending at the row), with the registered model")
+        uses.add_argument("--input", nargs="+", required=True, metavar="PATH", help="CSV/Parquet files or folders")
+        uses.add_argument("--out", required=True, metavar="DIR", help="folder for the output")
+        uses.add_argument("--asset-column", metavar="COL", help="fleets: the column naming each row's asset")
+        if name == "reconstruct":
+            uses.add_argument(
+                "--estimate",
+                choices=("last", "mean"),
+                default="last",
+                help="last row of the window ending at the row (default, causal) or the mean over every window holding it",
+            )
+        _common(uses, config=False)
+
     run = commands.add_parser("run", help="scheduled batch: process new files in --input, training first if no model exists")
     run.add_argument("--input", required=True, metavar="DIR", help="folder of CSV/Parquet files")
     run.add_argument("--out", required=True, metavar="DIR", help="folder for the reports")
@@ -191,6 +208,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         else:
             print(f"recorded {given} for {args.model_name} (run {done.run_id}); the next train or run --retrain uses them")
         return 0
+
+    if args.command in ("encode", "reconstruct"):
+        return _uses_command(args, config)
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
@@ -242,6 +262,25 @@ def _dispatch(args: argparse.Namespace) -> int:
             return code
     print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
     return 0
+
+
+def _uses_command(args: argparse.Namespace, config: PipelineConfig) -> int:
+    """encode or reconstruct; 2 when an asset of a fleet was not written."""
+    from pipeline.jobs.encode import encode_job, reconstruct_job
+
+    if args.command == "encode":
+        outcome = encode_job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest)
+    else:
+        outcome = reconstruct_job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, args.estimate)
+    print(
+        f"{args.command}: {outcome.rows_written} of {outcome.rows_in} rows (those with a full window) written to "
+        f"{outcome.path} with model version {outcome.model_version} (sha256 {outcome.digest[:12]}, run {outcome.run_id})"
+    )
+    _print_warnings(outcome.warnings)
+    for problem in outcome.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print(UI_HINT.format(uri=_ui_uri(args.tracking_uri)))
+    return 2 if outcome.problems else 0
 
 
 def _fleet_command(args: argparse.Namespace, config: PipelineConfig) -> int:

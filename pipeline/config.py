@@ -165,14 +165,21 @@ class FeaturesConfig(_Section):
 class ModelConfig(_Section):
     """The Keras autoencoder."""
 
-    architecture: Literal["conv", "dense"] = "conv"
-    filters: list[int] = Field(default_factory=lambda: [32, 16], min_length=1)  # conv encoder layers
+    # conv: 1-D convolutional; dense; lstm: an LSTM encoder-decoder; vae: variational (conv body)
+    architecture: Literal["conv", "dense", "lstm", "vae"] = "conv"
+    filters: list[int] = Field(default_factory=lambda: [32, 16], min_length=1)  # conv (and vae) encoder layers
     kernel_size: int = Field(default=5, ge=1)
     units: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)  # dense encoder layers
+    lstm_units: int = Field(default=64, ge=1)  # lstm: units of the encoder and of the decoder LSTM
     latent_dim: int = Field(default=16, ge=1)
+    kl_weight: float = Field(default=0.05, ge=0)  # vae: weight of the KL term (per latent unit) beside the squared error
+    vae_score: Literal["mean", "nll"] = "mean"  # vae: reconstruction from the latent mean, or NLL under the decoder
+    vae_samples: int = Field(default=16, ge=1)  # vae_score nll: latent draws per window (fixed, so scores repeat)
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"  # cosine decay over the epochs, or halve on plateaus
+    clipnorm: float | None = Field(default=None, gt=0)  # gradient clipping: largest gradient norm (null = none)
     patience: int = Field(default=5, ge=1)  # early stopping on validation loss
     input_noise: float = Field(default=0.0, ge=0)  # denoising: std of Gaussian noise on training inputs (scaled units)
     seed: int = 42

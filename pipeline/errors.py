@@ -13,6 +13,11 @@ class InputError(PipelineError):
     exit_code = 2
 
 
+class TrainingFailed(InputError):
+    """Training diverged (a NaN or infinite loss) or learned nothing: exit code 2, one line with
+    the epoch, the loss and a hint; the run ends FAILED and no model is registered."""
+
+
 class LockHeldError(PipelineError):
     """Another run holds the state lock: exit code 3."""
 

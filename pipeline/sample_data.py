@@ -61,11 +61,14 @@ def generate(
     step_seconds: int = 60,
     phase_hours: float = 0.0,
     load_swing: float = 0.22,
+    noise: float = 1.0,
 ) -> pd.DataFrame:
     """A frame with ``timestamp`` (naive, UTC) and the eight sensors, one row every ``step_seconds``.
 
     ``phase_hours`` shifts the daily load cycle and ``load_swing`` sets its amplitude (machines of
-    one fleet run on different schedules).
+    one fleet run on different schedules). ``noise`` multiplies each sensor's measurement noise:
+    0 gives the clean signals, and the same seed gives the same signals at every ``noise`` (the
+    noise is drawn all the same), so ``generate(noise=k) - generate(noise=0)`` is the added noise.
     """
     rng = np.random.default_rng(seed)
     n = int(days * 86400 // step_seconds)
@@ -76,14 +79,14 @@ def generate(
     wander -= _lag(wander, 600 * per_minute)  # keep the random walk from drifting far
     load = 0.7 + load_swing * np.sin(2 * np.pi * (hours - 8 - phase_hours) / 24) + 0.04 * np.sin(2 * np.pi * hours / 3.3) + wander
     data = {
-        "vibration_rms": 2.0 + 1.2 * load + rng.normal(0, 0.08, n),
-        "motor_current": 28 + 42 * load + rng.normal(0, 0.5, n),
-        "discharge_pressure": 5.8 + 2.6 * load + rng.normal(0, 0.05, n),
-        "suction_pressure": 1.3 - 0.25 * load + rng.normal(0, 0.02, n),
-        "bearing_temperature": _lag(44 + 16 * load, 90 * per_minute) + rng.normal(0, 0.15, n),
-        "motor_temperature": _lag(52 + 24 * load, 40 * per_minute) + rng.normal(0, 0.25, n),
-        "flow_rate": 125 * load + rng.normal(0, 1.5, n),
-        "speed": 1420 + 110 * load + rng.normal(0, 4, n),
+        "vibration_rms": 2.0 + 1.2 * load + noise * rng.normal(0, 0.08, n),
+        "motor_current": 28 + 42 * load + noise * rng.normal(0, 0.5, n),
+        "discharge_pressure": 5.8 + 2.6 * load + noise * rng.normal(0, 0.05, n),
+        "suction_pressure": 1.3 - 0.25 * load + noise * rng.normal(0, 0.02, n),
+        "bearing_temperature": _lag(44 + 16 * load, 90 * per_minute) + noise * rng.normal(0, 0.15, n),
+        "motor_temperature": _lag(52 + 24 * load, 40 * per_minute) + noise * rng.normal(0, 0.25, n),
+        "flow_rate": 125 * load + noise * rng.normal(0, 1.5, n),
+        "speed": 1420 + 110 * load + noise * rng.normal(0, 4, n),
     }
     timestamps = START + pd.to_timedelta(np.arange(n, dtype=np.int64) * step_seconds, unit="s")
     for fault in faults:

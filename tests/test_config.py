@@ -35,11 +35,11 @@ def test_file_values_and_flag_overrides(tmp_path):
 
 def test_bad_value_names_field_allowed_and_given(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("model:\n  architecture: lstm\n")
+    path.write_text("model:\n  architecture: transformer\n")
     with pytest.raises(InputError) as info:
         load_config(path)
     message = str(info.value)
-    assert "model.architecture" in message and "'conv' or 'dense'" in message and "'lstm'" in message
+    assert "model.architecture" in message and "'conv', 'dense', 'lstm' or 'vae'" in message and "'transformer'" in message
 
 
 def test_unknown_field_and_bad_number_are_refused(tmp_path):

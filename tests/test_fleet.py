@@ -302,3 +302,20 @@ def test_fleet_run_sets_a_bad_asset_aside_and_processes_the_others(fleet, tmp_pa
     assert scores[scores["asset"] == "P-101"]["score"].notna().sum() == len(good) - 7
     aside = scores[scores["asset"] == "../etc"]
     assert len(aside) == len(broken) and aside["score"].isna().all() and aside["status"].str.contains("not scored").all()
+
+
+def test_encode_a_fleet_each_asset_with_its_own_model(fleet, tmp_path, capsys):
+    code, out, err = _cli(capsys, "encode", "--input", str(fleet["root"] / "plant.csv"), "--asset-column", "asset",
+                          "--out", str(tmp_path / "enc"), "--model-name", "plant", "--tracking-uri", fleet["uri"])  # fmt: skip
+    assert code == 2 and "asset short: not written" in err, err  # the asset without a model is named
+    latent = pd.read_parquet(tmp_path / "enc" / "latent.parquet")
+    assert list(latent.columns[:3]) == ["asset", "source", "timestamp"] and "score" in latent.columns
+    counts = latent["asset"].value_counts()
+    assert {asset: counts[asset] for asset in ASSETS} == {asset: len(fleet["frames"][asset]) - 7 for asset in ASSETS}
+    scored = _cli(capsys, "score", "--input", str(fleet["root"] / "plant.csv"), "--asset-column", "asset",
+                  "--out", str(tmp_path / "out"), "--model-name", "plant", "--tracking-uri", fleet["uri"])  # fmt: skip
+    assert scored[0] == 2
+    scores = _scores(tmp_path / "out").dropna(subset=["score"])
+    joined = latent.merge(scores[["asset", "timestamp", "score"]], on=["asset", "timestamp"], suffixes=("", "_scored"))
+    assert len(joined) == len(latent)
+    np.testing.assert_allclose(joined["score"], joined["score_scored"], rtol=1e-6)

@@ -129,7 +129,8 @@ def test_sequential_model_matches_keras(tmp_path):
     ("stack", "match"),
     [
         ([layers.Flatten(), layers.Dropout(0.1, name="drop"), layers.Dense(8)], r"'drop'.*class_name='Dropout'"),
-        ([layers.LSTM(4, name="lstm")], r"'lstm'.*class_name='LSTM'"),
+        ([layers.GRU(4, name="gru")], r"'gru'.*class_name='GRU'"),
+        ([layers.LSTM(4, go_backwards=True, name="lstm")], r"'lstm'.*go_backwards=True"),  # LSTM itself is supported
         ([layers.Flatten(), layers.Dense(8, activation="tanh", name="squash")], r"'squash'.*activation='tanh'"),
         ([layers.Conv1D(4, 3, dilation_rate=2, padding="same", name="wide")], r"'wide'.*dilation_rate=2"),
         ([layers.Conv1D(4, 3, padding="causal", name="causal")], r"'causal'.*padding='causal'"),

@@ -13,7 +13,7 @@ STARTUP_MIN_ROWS = 1_000  # the throughput benchmark's start-up file
 
 
 def add_benchmark_parsers(commands) -> None:
-    """``benchmark skab | skab-fleet | fleet | throughput | reviews`` under the command line's subcommands."""
+    """``benchmark skab | skab-fleet | fleet | architectures | denoise | throughput | reviews`` as subcommands."""
     benchmark = commands.add_parser("benchmark", help="measure detection quality on a public benchmark, beside peer detectors")
     suites = benchmark.add_subparsers(dest="suite", required=True, metavar="SUITE")
     skab = suites.add_parser("skab", help="SKAB outlier detection: fit on rows 0..399 of each labelled file, predict the rest")
@@ -46,6 +46,31 @@ def add_benchmark_parsers(commands) -> None:
     fleet.add_argument("--spark-master", metavar="URL", help="with --engine spark: the master (default local[*])")
     fleet.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: sqlite:///OUT/mlflow.db)")
     fleet.add_argument("-v", "--verbose", action="store_true", help="debug logging, tracebacks on unexpected failures")
+    architectures = suites.add_parser(
+        "architectures", help="SKAB per model family (conv, dense, lstm, vae), product only, several seeds each"
+    )
+    architectures.add_argument("--data", required=True, metavar="DIR", help="SKAB folder holding valve1/, valve2/ and other/")
+    architectures.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for each pass and architectures.json / .md (rerun to finish)"
+    )
+    architectures.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds per architecture, 1..3 (default 3)")
+    architectures.add_argument(
+        "--architectures", nargs="+", metavar="NAME", help="default: conv dense lstm vae (one seed of each first)"
+    )
+    _config_tracking_verbose(architectures)
+    denoise = suites.add_parser(
+        "denoise", help="reconstruction vs known clean signals on the pump generator: noise-reduction ratios"
+    )
+    denoise.add_argument("--out", required=True, metavar="DIR", help="folder for the generated data and denoise.json / .md")
+    denoise.add_argument(
+        "--noise", nargs="+", type=float, default=[1.0, 3.0], metavar="K", help="noise levels, x the generator's (default 1 3)"
+    )
+    denoise.add_argument(
+        "--input-noise", type=float, default=0.3, metavar="SD", help="the denoising model's model.input_noise (default 0.3)"
+    )
+    denoise.add_argument("--days", type=float, default=6.0, metavar="D", help="days generated at 1 min (default 6)")
+    denoise.add_argument("--train-days", type=float, default=4.0, metavar="D", help="the first days, trained on (default 4)")
+    _config_tracking_verbose(denoise)
     throughput = suites.add_parser(
         "throughput", help="scoring and training speed and memory on a generated file, against naive Keras, in one run"
     )
@@ -104,6 +129,27 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         summary = run_skab_fleet(Path(args.data), Path(args.out), args.tracking_uri, load_config(args.config))
         print(f"SKAB as a fleet of {summary['files']} assets in {summary['wall_seconds']:.0f} s (F1 / FAR / MAR):")
         print(render(summary))
+        return 0
+    if args.suite == "architectures":
+        from pipeline.benchmark.architectures import render, run_architectures
+
+        if not Path(args.data).is_dir():
+            raise InputError(f"--data {args.data}: not a folder")
+        result = run_architectures(
+            Path(args.data), Path(args.out), args.tracking_uri, args.architectures, args.seeds, load_config(args.config)
+        )
+        print(render(result), end="")
+        return 0
+    if args.suite == "denoise":
+        from pipeline.benchmark.denoise import render as render_denoise
+        from pipeline.benchmark.denoise import run_denoise
+
+        if not 0 < args.train_days < args.days or any(k < 0 for k in args.noise) or args.input_noise < 0:
+            raise InputError("--days, --train-days, --noise, --input-noise: need 0 < train days < days and no negative noise")
+        result = run_denoise(
+            Path(args.out), args.noise, args.input_noise, load_config(args.config), args.tracking_uri, args.days, args.train_days
+        )
+        print(render_denoise(result), end="")
         return 0
     if args.suite == "throughput":
         from pipeline.benchmark import throughput

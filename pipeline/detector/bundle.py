@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PipelineConfig
+from pipeline.detector.sampled import scoring_model
 from pipeline.detector.threshold import Threshold
 from pipeline.detector.window_error import Reconstructor
 from pipeline.errors import InputError
@@ -123,11 +124,12 @@ def load_bundle(folder: Path, keras_model: bool = False) -> ModelBundle:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != BUNDLE_FORMAT:
         raise InputError(f"{meta_path}: bundle format {meta.get('format')!r}, this version reads {BUNDLE_FORMAT}")
+    config = PipelineConfig.model_validate(_with_settings_it_was_made_under(meta["config"]))
     return ModelBundle(
-        model=load_model(folder / MODEL_FILE, keras_model),
+        model=scoring_model(load_model(folder / MODEL_FILE, keras_model), config.model),
         scaler=Scaler.from_dict(meta["scaler"]),
         threshold=Threshold.from_dict(meta["threshold"]),
-        config=PipelineConfig.model_validate(_with_settings_it_was_made_under(meta["config"])),
+        config=config,
         timestamp_column=meta["timestamp_column"],
         sampling_interval_seconds=meta["sampling_interval_seconds"],
         max_gap_seconds=meta["max_gap_seconds"],

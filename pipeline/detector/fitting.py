@@ -19,7 +19,7 @@ windows repeated to make ``review.false_alarm_share`` of the training windows
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -29,6 +29,8 @@ from pipeline.data.ingest import IngestResult
 from pipeline.data.quality import sampling_interval_seconds
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.drift import fit_reference
+from pipeline.detector.latent import reconstruction_quality
+from pipeline.detector.sampled import scoring_model
 from pipeline.detector.threshold import calibrate_threshold
 from pipeline.detector.window_error import (
     ErrorNormaliser,
@@ -39,7 +41,7 @@ from pipeline.detector.window_error import (
     smooth_trailing,
     window_scores,
 )
-from pipeline.errors import InputError
+from pipeline.errors import InputError, TrainingFailed
 from pipeline.features.scaler import Scaler, fit_scaler, wandering_sensors
 from pipeline.features.windows import segment_ids, window_starts
 from pipeline.utc import utc_ns
@@ -55,6 +57,8 @@ class FitReport:
     best_epoch: int
     holdout_errors: np.ndarray  # the calibration windows' scores, (n_windows,)
     rows: dict[str, int]  # normal rows and windows per part
+    # per sensor, on the calibration windows (``latent.reconstruction_quality``)
+    reconstruction: list[dict] = field(default_factory=list)
 
 
 def normal_mask(
@@ -240,7 +244,8 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
     holdout_starts = prepared.starts["calibration"]
     scoring = config.scoring
     rule = ErrorRule.from_config(scoring, scaler.centred_mask)
-    batches = predicted_energy(trained.model, values, holdout_starts, window, scoring.batch_size, rule)
+    model = scoring_model(trained.model, config.model)
+    batches = predicted_energy(model, values, holdout_starts, window, scoring.batch_size, rule)
     energy = np.concatenate([batch for _, batch in batches])
     times = prepared.times
     times_ns = utc_ns(times)
@@ -256,10 +261,25 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         )
         rule = replace(rule, normaliser=normaliser)
     errors, _ = window_scores(energy, window, rule, ends_ns)
+    if not np.all(np.isfinite(errors)):  # never a bundle with a NaN threshold
+        raise TrainingFailed(
+            f"training failed: {int((~np.isfinite(errors)).sum())} of {errors.size} held-out windows have no finite score; "
+            "lower model.learning_rate or set model.clipnorm; "
+            "check for a sensor with huge values or one constant in the normal rows"
+        )
     errors = smooth_trailing(errors, scoring.smoothing_rows, prepared.stretch[holdout_starts])
     errors = errors[np.isfinite(errors)]
     threshold = calibrate_threshold(errors, config.threshold)
+    if not np.isfinite(threshold.value):
+        raise TrainingFailed(f"training failed: the threshold is {threshold.value}; check for a sensor with huge values")
     log.info("threshold %.5g (%s %s)", threshold.value, threshold.method, threshold.params)
+    quality = reconstruction_quality(model, values, holdout_starts, window, scaler.sensors, scaler.scale, scaler.centred_mask)
+    worst = min(quality, key=lambda q: q["variance_explained"] if np.isfinite(q["variance_explained"]) else 1.0)
+    log.info(
+        "reconstruction on held-out windows: %s explains the least of its variance (%.0f %%)",
+        worst["sensor"],
+        100 * worst["variance_explained"],
+    )
 
     rows = {
         "normal_rows": len(values),
@@ -271,7 +291,7 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         "review_context_rows": prepared.review_context_rows,
     }
     bundle = ModelBundle(
-        model=trained.model,
+        model=model,
         scaler=scaler,
         threshold=threshold,
         config=config,
@@ -286,7 +306,7 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         dayfirst=result.dayfirst,
         sensor_reference=prepared.reference,
     )
-    return bundle, FitReport(trained.history, trained.best_epoch, errors, rows)
+    return bundle, FitReport(trained.history, trained.best_epoch, errors, rows, quality)
 
 
 def _parts(n_normal: int, config: PipelineConfig) -> np.ndarray:

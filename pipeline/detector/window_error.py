@@ -161,6 +161,8 @@ def predicted_energy(
 
     def energy_of(lo: int) -> np.ndarray:
         windows = gather_windows(values, starts[lo : lo + batch_size], window_size, rule.centred)
+        if hasattr(model, "energy_on_batch"):  # a model that forms its own energy (the VAE's NLL, detector.latent)
+            return model.energy_on_batch(windows, rule.offset_weight)
         return residual_energy(windows, np.asarray(model.predict_on_batch(windows)), rule.offset_weight)
 
     def in_order() -> Iterator[tuple[int, np.ndarray]]:

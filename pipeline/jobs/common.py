@@ -13,7 +13,7 @@ from pipeline.detector.bundle import ModelBundle, load_bundle
 from pipeline.detector.scoring import RowScores, flag_events, score_rows
 from pipeline.reports import explain, plots
 from pipeline.reports.tables import summarise_events
-from pipeline.store.names import PLOTS_FOLDER, event_plot
+from pipeline.store.names import PLOTS_FOLDER, RECONSTRUCTION_ARTIFACT, event_plot
 from pipeline.tracking import CHAMPION, DATASET_SAMPLE_ROWS, TAG_LIMIT, Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
@@ -77,3 +77,19 @@ def score_loaded(
     event = flag_events(bundle, rows)
     events = summarise_events(table, rows, event, bundle.threshold.value, bundle.sensors, model_version, run_id)
     return rows, event, events
+
+
+def log_reconstruction_quality(tracker: Tracker, quality: list[dict]) -> None:
+    """Per sensor, how well the model rebuilds it on held-out windows (``FitReport.reconstruction``):
+    metrics ``reconstruction.<sensor>.rmse`` (original units) and ``.variance_explained``, and the
+    table as ``reconstruction_quality.json``, so a reviewer sees which sensors the model could not learn."""
+    if not quality:
+        return
+    metrics = {}
+    for row in quality:
+        key = "".join(c if c.isalnum() or c in "_-. /" else "_" for c in row["sensor"])
+        metrics[f"reconstruction.{key}.rmse"] = row["rmse"]
+        if np.isfinite(row["variance_explained"]):
+            metrics[f"reconstruction.{key}.variance_explained"] = row["variance_explained"]
+    tracker.log_metrics(metrics)
+    tracker.log_dict({"held_out": "calibration windows", "sensors": quality}, RECONSTRUCTION_ARTIFACT)

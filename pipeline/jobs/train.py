@@ -17,7 +17,14 @@ from pipeline.data.quality import quality_figures
 from pipeline.detector.bundle import load_bundle
 from pipeline.detector.fitting import FitReport, fit_bundle
 from pipeline.errors import InputError
-from pipeline.jobs.common import describe_inputs, log_dataset, log_event_plots, score_loaded, warn_set_aside
+from pipeline.jobs.common import (
+    describe_inputs,
+    log_dataset,
+    log_event_plots,
+    log_reconstruction_quality,
+    score_loaded,
+    warn_set_aside,
+)
 from pipeline.jobs.review import latest_reviews, verdict_moves
 from pipeline.reports import describe, plots
 from pipeline.store import atomic
@@ -124,6 +131,7 @@ def record_fit(
         }
     )
     tracker.log_dict({"sensors": saved.sensors, **threshold.to_dict()}, THRESHOLD_ARTIFACT)
+    log_reconstruction_quality(tracker, fit.reconstruction)
     table = loaded.result.table
     with tempfile.TemporaryDirectory(prefix="train-") as tmp:
         tmp_dir = Path(tmp)

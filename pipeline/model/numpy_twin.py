@@ -10,8 +10,11 @@ A ``.keras`` file is a zip holding ``config.json`` (the architecture), ``metadat
 is ``0``, bias ``1``) and the ``vars`` group carries the layer's name as an attribute.
 
 Only what ``pipeline.model`` builds is supported: a simple chain of InputLayer, Conv1D,
-Conv1DTranspose, Dense, Flatten, Reshape and Cropping1D with relu/linear activations,
-channels_last, no dilation. Anything else raises ``UnsupportedModel`` naming the layer and the
+Conv1DTranspose, Dense, Flatten, Reshape, Cropping1D, RepeatVector and LSTM (tanh / sigmoid,
+not stateful, forwards, no return_state) with relu/linear activations, channels_last, no
+dilation. An LSTM's weights are in the ``cell/vars`` group under its layer's group.
+``encode`` runs the chain up to the layer named ``latent`` (the code), ``decode`` the rest.
+Anything else raises ``UnsupportedModel`` naming the layer and the
 field, so the caller can fall back to Keras.
 
 Keras (TensorFlow backend) semantics reproduced here:
@@ -44,6 +47,7 @@ import h5py
 import numpy as np
 
 from pipeline.model.twin_layers import (
+    LSTM,
     SUPPORTED_LAYERS,
     Conv1D,
     Conv1DTranspose,
@@ -51,12 +55,15 @@ from pipeline.model.twin_layers import (
     Dense,
     Flatten,
     Layer,
+    RepeatVector,
     Reshape,
     UnsupportedModel,
     activation_name,
     one_value,
     snake_case,
 )
+
+LATENT = "latent"  # the code layer of every autoencoder pipeline.model builds
 
 
 def _check_common(name: str, cls: str, config: dict) -> None:
@@ -128,6 +135,13 @@ def _build_layer(cls: str, config: dict, name: str, group: h5py.Group | None) ->
         if kernel.ndim != 2 or kernel.shape[1] != units or (bias is not None and bias.shape != (units,)):
             raise UnsupportedModel(f"layer {name!r} (Dense): weight shapes {kernel.shape} do not match units={units}")
         return Dense(name, kernel, bias, activation)
+    if cls == "LSTM":
+        return _lstm(name, config, group)
+    if cls == "RepeatVector":
+        n = config.get("n")
+        if not isinstance(n, int) or n < 1:
+            raise UnsupportedModel(f"layer {name!r} (RepeatVector): n={n!r}")
+        return RepeatVector(name, n)
     if cls == "Flatten":
         return Flatten(name)
     if cls == "Reshape":
@@ -147,6 +161,34 @@ def _build_layer(cls: str, config: dict, name: str, group: h5py.Group | None) ->
             raise UnsupportedModel(f"layer {name!r} (Cropping1D): cropping={cropping!r}")
         return Cropping1D(name, cropping[0], cropping[1])
     raise UnsupportedModel(f"layer {name!r}: class_name={cls!r} is not supported (only {', '.join(SUPPORTED_LAYERS)})")
+
+
+_LSTM_FIXED = {
+    "activation": "tanh",
+    "recurrent_activation": "sigmoid",
+    "go_backwards": False,
+    "stateful": False,
+    "return_state": False,
+}
+
+
+def _lstm(name: str, config: dict, group: h5py.Group | None) -> LSTM:
+    for key, expected in _LSTM_FIXED.items():
+        if config.get(key, expected) != expected:
+            raise UnsupportedModel(f"layer {name!r} (LSTM): {key}={config.get(key)!r}; only {expected!r} is supported")
+    use_bias = bool(config.get("use_bias", True))
+    found = sorted(group.keys()) if group is not None else []
+    expected = [str(i) for i in range(3 if use_bias else 2)]
+    if found != expected:
+        raise UnsupportedModel(f"layer {name!r} (LSTM): expected weight arrays {expected}, found {found} in model.weights.h5")
+    kernel, recurrent = (np.asarray(group[k], dtype=np.float32) for k in ("0", "1"))
+    bias = np.asarray(group["2"], dtype=np.float32) if use_bias else None
+    units = config.get("units")
+    if kernel.shape[1] != 4 * units or recurrent.shape != (units, 4 * units):
+        raise UnsupportedModel(
+            f"layer {name!r} (LSTM): weight shapes {kernel.shape}, {recurrent.shape} do not match units={units}"
+        )
+    return LSTM(name, kernel, recurrent, bias, bool(config.get("return_sequences", False)))
 
 
 def _chain(model_config: dict) -> list[dict]:
@@ -176,7 +218,7 @@ def _chain(model_config: dict) -> list[dict]:
             args is None
             or len(args) != 1
             or len(tensors) != 1
-            or nodes[0].get("kwargs")
+            or any(v not in (None, False) for v in (nodes[0].get("kwargs") or {}).values())  # LSTM: training=False, mask=None
             or tensors[0]["config"]["keras_history"][0] != names[position - 1]
         ):
             raise UnsupportedModel(
@@ -241,7 +283,9 @@ class NumpyAutoencoder:
             if groups is not None:
                 for _, group in groups.items():
                     if "vars" in group and "name" in group["vars"].attrs:
-                        by_name[str(group["vars"].attrs["name"])] = group["vars"]
+                        # a recurrent layer keeps its weights in its cell's group
+                        held = group["cell"]["vars"] if "cell" in group and "vars" in group["cell"] else group["vars"]
+                        by_name[str(group["vars"].attrs["name"])] = held
             used: dict[str, int] = {}
             layers = []
             for layer in saved:
@@ -254,8 +298,10 @@ class NumpyAutoencoder:
                 path = key if used[key] == 0 else f"{key}_{used[key]}"
                 group = by_name.get(name)
                 if group is None and groups is not None and path in groups and "vars" in groups[path]:
-                    group = groups[path]["vars"]
+                    group = groups[path]["cell"]["vars"] if "cell" in groups[path] else groups[path]["vars"]
                 built = _build_layer(layer_cls, config, name, group)
+                if isinstance(built, LSTM) and layers and isinstance(layers[-1], RepeatVector):
+                    built.repeated_input = True
                 if built is not None:
                     layers.append(built)
         return cls(layers, input_shape, model_config.get("config", {}).get("name", "model"))
@@ -276,6 +322,51 @@ class NumpyAutoencoder:
                 y = layer(y)
             result[lo : lo + len(y)] = y
         return result
+
+    def _latent_index(self) -> int:
+        for index, layer in enumerate(self.layers):
+            if layer.name == LATENT:
+                return index
+        raise UnsupportedModel(f"{self.name}: no layer named {LATENT!r}, so no latent code to give")
+
+    def _run(self, x: np.ndarray, layers: list[Layer], out_shape: tuple[int, ...]) -> np.ndarray:
+        result = np.empty((len(x), *out_shape), dtype=np.float32)
+        for lo in range(0, len(x), self.chunk_size):
+            y = x[lo : lo + self.chunk_size]
+            for layer in layers:
+                y = layer(y)
+            result[lo : lo + len(y)] = y
+        return result
+
+    def encode(self, windows: np.ndarray) -> np.ndarray:
+        """The code of each window, (batch, *input_shape) -> (batch, latent_dim): the chain up to ``latent``."""
+        return self.encode_to(windows, LATENT)
+
+    def encode_to(self, windows: np.ndarray, layer_name: str) -> np.ndarray:
+        """The output of the layer ``layer_name`` for each window (the chain up to it)."""
+        x = np.asarray(windows, dtype=np.float32)
+        if x.shape[1:] != self.input_shape:
+            shape = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"{self.name}: expected inputs of shape (batch, {shape}), got {x.shape}")
+        names = [layer.name for layer in self.layers]
+        if layer_name not in names:
+            raise UnsupportedModel(f"{self.name}: no layer named {layer_name!r}")
+        upto = self.layers[: names.index(layer_name) + 1]
+        shape = self.input_shape
+        for layer in upto:
+            shape = layer.output_shape(shape)
+        return self._run(x, upto, shape)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstructed windows from codes, (batch, latent_dim) -> (batch, *output_shape): the chain after ``latent``."""
+        index = self._latent_index()
+        shape = self.input_shape
+        for layer in self.layers[: index + 1]:
+            shape = layer.output_shape(shape)
+        x = np.asarray(codes, dtype=np.float32)
+        if x.shape[1:] != shape:
+            raise ValueError(f"{self.name}: expected codes of shape (batch, {', '.join(map(str, shape))}), got {x.shape}")
+        return self._run(x, self.layers[index + 1 :], self.output_shape)
 
     def __call__(self, windows: np.ndarray) -> np.ndarray:
         return self.predict_on_batch(windows)

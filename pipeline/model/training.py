@@ -12,8 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.config import ModelConfig
+from pipeline.errors import TrainingFailed
 from pipeline.features.windows import gather_windows
-from pipeline.model.autoencoder import build_autoencoder
+from pipeline.model.autoencoder import build_autoencoder, inference_model
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +153,84 @@ class _EpochLog(keras.callbacks.Callback):
         )
 
 
+class _Watch(keras.callbacks.Callback):
+    """Stops training at the first loss that is NaN or infinite (training or validation) and
+    remembers where: ``train_autoencoder`` then fails the run instead of keeping such a model."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.bad: tuple[int, str, float] | None = None  # (1-based epoch, which loss, its value)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss) and self.bad is None:
+            self.bad = (self.epoch, "loss", float(loss))
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ("loss", "val_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and not np.isfinite(value) and self.bad is None:
+                self.bad = (epoch + 1, key, float(value))
+                self.model.stop_training = True
+
+
+BASELINE_FACTOR = 2.0  # a validation loss this many times that of an all-zeros reconstruction: diverged
+
+HINT = (
+    "lower model.learning_rate (now {rate:g}) or set model.clipnorm (e.g. 1.0); "
+    "check for a sensor with huge values or one that is constant in the normal rows"
+)
+
+
+def check_training(
+    history: dict[str, list[float]], bad: tuple[int, str, float] | None, config: ModelConfig, baseline: float = np.inf
+) -> None:
+    """Raise ``TrainingFailed`` (one line: the epoch, the loss, a hint) for a loss that became NaN or
+    infinite, or a validation loss that no later epoch improved on its first one's while the
+    training loss did not fall either (the optimiser is not learning: a diverging step size), or
+    while it is more than ``BASELINE_FACTOR`` times ``baseline`` (the validation loss of rebuilding
+    every window as all zeros, i.e. each sensor at its training mean: the model is worse than
+    knowing nothing).
+
+    A validation loss that stalls after epoch 1 while the training loss falls, near or below the
+    baseline, is logged as a warning only (a short training of a small model on little data does
+    that; its validation rows may also be few or unlike the training rows).
+    """
+    hint = HINT.format(rate=config.learning_rate)
+    if bad is not None:
+        epoch, key, value = bad
+        raise TrainingFailed(f"training failed: {key} became {value} in epoch {epoch}; {hint}")
+    val, loss = history.get("val_loss", []), history.get("loss", [])
+    if len(val) > 1 and not min(val[1:]) < val[0]:
+        stalled = f"validation loss never improved on epoch 1 ({val[0]:.4g}; epochs 2-{len(val)}: {min(val[1:]):.4g} at best)"
+        if len(loss) > 1 and not min(loss[1:]) < loss[0]:
+            raise TrainingFailed(f"training failed: {stalled}, nor did the training loss ({loss[0]:.4g}); {hint}")
+        if not val[0] <= BASELINE_FACTOR * baseline:
+            raise TrainingFailed(
+                f"training failed: {stalled}, more than {BASELINE_FACTOR:g} times the loss of rebuilding every window "
+                f"as the training mean ({baseline:.4g}); {hint}"
+            )
+        log.warning("%s; the weights of epoch 1 are kept", stalled)
+
+
+def _zero_loss(values: np.ndarray, starts: np.ndarray, window_size: int, centred: np.ndarray | None) -> float:
+    """The mean squared value of the windows: the loss of a model that rebuilds them as zeros."""
+    total, count = 0.0, 0
+    for lo in range(0, len(starts), 4096):
+        windows = gather_windows(values, starts[lo : lo + 4096], window_size, centred)
+        total += float(np.square(windows, dtype=np.float64).sum())
+        count += windows.size
+    return total / max(count, 1)
+
+
 @dataclass
 class TrainedModel:
-    model: keras.Model
+    model: keras.Model  # the chain that is saved and scored (for a VAE, its mean path)
     history: dict[str, list[float]]  # per-epoch 'loss' and 'val_loss'
     best_epoch: int  # 1-based epoch whose weights were kept
     windows_per_second: float = 0.0  # training windows fitted per second of model.fit, validation included
@@ -175,8 +251,13 @@ def train_autoencoder(
         train_starts: start rows of the training windows.
         validation_starts: start rows of the early-stopping windows (disjoint rows).
         centred: sensors whose windows are centred on their own mean (``Scaler.centred_mask``).
+
+    Raises:
+        TrainingFailed: a loss became NaN or infinite, or validation loss never improved on its
+            first epoch (``check_training``).
     """
-    model = build_autoencoder(config, window_size, values.shape[1])
+    steps = int(np.ceil(len(train_starts) / config.batch_size))
+    model = build_autoencoder(config, window_size, values.shape[1], steps_per_epoch=steps)
     train = WindowFeed(
         values,
         train_starts,
@@ -188,6 +269,10 @@ def train_autoencoder(
     )
     validation = WindowFeed(values, validation_starts, window_size, config.batch_size, centred=centred)
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    watch = _Watch()
+    callbacks = [train.callback(), watch, stop]
+    if config.lr_schedule == "plateau":
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=max(1, config.patience // 2)))
     interactive = sys.stderr.isatty()
     started = time.perf_counter()
     fitted = model.fit(
@@ -195,10 +280,11 @@ def train_autoencoder(
         validation_data=validation.dataset(),
         shuffle=False,  # the feed shuffles, the same way every run
         epochs=config.epochs,
-        callbacks=[train.callback(), stop] if interactive else [train.callback(), stop, _EpochLog()],
+        callbacks=callbacks if interactive else [*callbacks, _EpochLog()],
         verbose=1 if interactive else 0,
     )
-    history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items()}
+    history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items() if key != "learning_rate"}
+    check_training(history, watch.bad, config, _zero_loss(values, validation_starts, window_size, centred))
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     rate = len(train_starts) * len(history["loss"]) / max(time.perf_counter() - started, 1e-9)
-    return TrainedModel(model=model, history=history, best_epoch=best_epoch, windows_per_second=rate)
+    return TrainedModel(model=inference_model(model, config), history=history, best_epoch=best_epoch, windows_per_second=rate)

@@ -17,7 +17,17 @@ class UnsupportedModel(ValueError):
 
 
 _ACTIVATIONS = ("relu", "linear")
-SUPPORTED_LAYERS = ("InputLayer", "Conv1D", "Conv1DTranspose", "Dense", "Flatten", "Reshape", "Cropping1D")
+SUPPORTED_LAYERS = (
+    "InputLayer",
+    "Conv1D",
+    "Conv1DTranspose",
+    "Dense",
+    "Flatten",
+    "Reshape",
+    "Cropping1D",
+    "RepeatVector",
+    "LSTM",
+)
 
 
 def snake_case(name: str) -> str:
@@ -293,6 +303,82 @@ class Cropping1D(Layer):
 
     def __call__(self, x):
         return x[:, self.start : x.shape[1] - self.end]
+
+
+@dataclass
+class RepeatVector(Layer):
+    n: int
+
+    def output_shape(self, shape):
+        if len(shape) != 1:
+            raise UnsupportedModel(f"layer {self.name!r}: expects (features,) inputs, gets shape {shape}")
+        return (self.n, shape[0])
+
+    def __call__(self, x):
+        return np.ascontiguousarray(np.broadcast_to(x[:, None, :], (len(x), self.n, x.shape[1])))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """Keras' sigmoid, 1 / (1 + exp(-x)), in place; exp overflow to inf gives 0 as it should."""
+    with np.errstate(over="ignore"):
+        np.negative(x, out=x)
+        np.exp(x, out=x)
+        x += 1.0
+        np.reciprocal(x, out=x)
+    return x
+
+
+@dataclass
+class LSTM(Layer):
+    """Keras' LSTM (tanh activation, sigmoid recurrent activation, no mask, no dropout at inference).
+
+    Gates in Keras' order i, f, c, o of the 4 * units columns: z = x_t W + h_{t-1} U + b;
+    i, f, o = sigmoid(z_i, z_f, z_o); c_t = f * c_{t-1} + i * tanh(z_c); h_t = o * tanh(c_t).
+    The input projection of every step is one matmul; a repeated input (after RepeatVector) is
+    projected once.
+    """
+
+    kernel: np.ndarray  # (in, 4 * units)
+    recurrent: np.ndarray  # (units, 4 * units)
+    bias: np.ndarray | None
+    return_sequences: bool
+    repeated_input: bool = False  # its input comes from a RepeatVector: every step's input is the same
+
+    def output_shape(self, shape):
+        length, channels = check_3d(self.name, shape)
+        if channels != self.kernel.shape[0]:
+            raise UnsupportedModel(f"layer {self.name!r}: kernel expects {self.kernel.shape[0]} channels, gets {channels}")
+        units = self.recurrent.shape[0]
+        return (length, units) if self.return_sequences else (units,)
+
+    def __call__(self, x):
+        batch, steps, _ = x.shape
+        units = self.recurrent.shape[0]
+        repeated = self.repeated_input
+        if repeated:
+            projected = x[:, 0] @ self.kernel
+            if self.bias is not None:
+                projected += self.bias
+        else:
+            projected = x.reshape(batch * steps, -1) @ self.kernel
+            if self.bias is not None:
+                projected += self.bias
+            projected = projected.reshape(batch, steps, 4 * units)
+        h = np.zeros((batch, units), dtype=np.float32)
+        c = np.zeros((batch, units), dtype=np.float32)
+        out = np.empty((batch, steps, units), dtype=np.float32) if self.return_sequences else None
+        for t in range(steps):
+            z = h @ self.recurrent
+            z += projected if repeated else projected[:, t]
+            i = _sigmoid(z[:, :units])
+            f = _sigmoid(z[:, units : 2 * units])
+            g = np.tanh(z[:, 2 * units : 3 * units])
+            o = _sigmoid(z[:, 3 * units :])
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            if out is not None:
+                out[:, t] = h
+        return out if out is not None else h
 
 
 def check_3d(name: str, shape: tuple[int, ...]) -> tuple[int, int]:

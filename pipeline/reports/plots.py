@@ -177,3 +177,31 @@ def fleet_timeline(events: pd.DataFrame, assets: list[str], path: Path) -> Path:
     ax.set_xlabel("time (UTC)")
     ax.set_title(f"{len(events)} event(s) on {events['asset'].nunique() if len(events) else 0} of {len(assets)} assets")
     return _save(fig, path)
+
+
+def latent_plot(points: np.ndarray, score: np.ndarray, share: np.ndarray, threshold: float, path: Path) -> Path:
+    """The latent codes on their first two principal components, coloured by the row's score
+    (log scale), rows above the threshold ringed."""
+    fig, ax = plt.subplots(figsize=(7, 6))
+    score = np.asarray(score, dtype=np.float64)
+    positive = np.where(np.isfinite(score) & (score > 0), score, np.nan)
+    floor = np.nanmin(positive) if np.isfinite(positive).any() else 1.0
+    colour = np.log10(np.where(np.isfinite(positive), positive, floor))
+    drawn = ax.scatter(points[:, 0], points[:, 1], c=colour, s=4, cmap="viridis", linewidths=0)
+    above = np.isfinite(score) & (score > threshold)
+    if above.any():
+        ax.scatter(
+            points[above, 0],
+            points[above, 1],
+            s=14,
+            facecolors="none",
+            edgecolors="tab:red",
+            lw=0.6,
+            label=f"score > threshold {threshold:.3g}",
+        )
+        ax.legend(loc="upper right", fontsize=8)
+    fig.colorbar(drawn, ax=ax, label="log10 score")
+    ax.set_xlabel(f"PC 1 ({100 * share[0]:.0f} % of the codes' variance)")
+    ax.set_ylabel(f"PC 2 ({100 * share[1]:.0f} %)")
+    ax.set_title(f"latent codes of {len(points):,} rows, coloured by score", fontsize=10, loc="left")
+    return _save(fig, path)

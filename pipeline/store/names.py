@@ -19,6 +19,10 @@ VALIDATED_FILE = "validated.parquet"
 SCORES_PLOT = "scores.png"
 RUN_MANIFEST = "run.json"
 FLEET_FILE = "fleet.csv"  # fleets: one row per asset
+# --out of encode and reconstruct
+LATENT_FILE = "latent.parquet"
+RECONSTRUCTED_FILE = "reconstructed.parquet"
+LATENT_PLOT = "latent_pca.png"
 
 # --state of run
 STATE_FILE = "state.json"
@@ -41,6 +45,7 @@ INPUT_PATHS_ARTIFACT = "input_paths.json"  # the files a run read, when too long
 QUARANTINE_ARTIFACT = QUARANTINE_FILE
 TRAINING_CURVES_PLOT = "training_curves.png"
 HOLDOUT_ERRORS_PLOT = "holdout_errors.png"
+RECONSTRUCTION_ARTIFACT = "reconstruction_quality.json"  # train: per-sensor held-out error and variance explained
 FLEET_ALARM_PLOT = "fleet_alarm_rates.png"
 FLEET_TIMELINE_PLOT = "fleet_events_timeline.png"
 PLOTS_FOLDER = "plots"

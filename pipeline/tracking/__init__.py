@@ -286,7 +286,9 @@ class Tracker(ReviewTracking):
             warnings.simplefilter("ignore", UserWarning)
             code_file = Path(code_dir) / "anomaly_model.py"
             code_file.write_text(PYFUNC_CODE)
-            signature = infer_signature(example_input, example_output, params={"source": serving.DEFAULT_SOURCE})
+            signature = infer_signature(
+                example_input, example_output, params={"source": serving.DEFAULT_SOURCE, "output": "scores", "estimate": "last"}
+            )
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(code_file),

@@ -21,6 +21,11 @@ class AnomalyModel(mlflow.pyfunc.PythonModel):
         self.bundle = load_bundle(Path(context.artifacts[BUNDLE_FOLDER]))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream."""
-        source = str((params or {}).get("source") or serving.DEFAULT_SOURCE)
-        return serving.predict_frame(self.bundle, pd.DataFrame(model_input), source)
+        """Per-row scores of ``model_input``; ``params={"source": NAME}`` names the stream,
+        ``params={"output": "latent"}`` or ``{"output": "reconstruction"}`` returns the rows of
+        ``encode``'s ``latent.parquet`` or ``reconstruct``'s ``reconstructed.parquet`` instead
+        (``"estimate": "mean"`` as ``reconstruct --estimate mean``)."""
+        params = params or {}
+        source = str(params.get("source") or serving.DEFAULT_SOURCE)
+        output, estimate = str(params.get("output") or "scores"), str(params.get("estimate") or "last")
+        return serving.predict_frame(self.bundle, pd.DataFrame(model_input), source, output, estimate)
