@@ -11,7 +11,6 @@ of the codes (``latent_pca.png``: their first two principal components, coloured
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
-from pipeline.data.files import discover_files
+from pipeline.data.files import discover_files, file_digest
 from pipeline.data.fleet import fleet_waves, validate_asset
 from pipeline.data.loading import LoadedInput, load_input
 from pipeline.detector.bundle import ModelBundle, load_bundle
@@ -196,14 +195,6 @@ def _log_plot(tracker: Tracker, sample: list, threshold: float | None, out_dir: 
     points, share = principal_plane(codes)
     path = plots.latent_plot(points, scores, share, threshold if threshold is not None else np.inf, out_dir / LATENT_PLOT)
     tracker.log_artifact(path, PLOTS_FOLDER)
-
-
-def file_digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _log_output(tracker: Tracker, outcome: UsesOutcome, kind: str) -> None:
