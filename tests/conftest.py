@@ -20,6 +20,8 @@ import pytest
 from pipeline.config import PipelineConfig
 from pipeline.sample_data import Fault, generate
 
+pytest_plugins = ["tests.fleet_fixtures"]  # the shared tiny fleet
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 

@@ -1,7 +1,7 @@
 """Fleets: an asset column or asset folders, a model per asset, odd asset ids, parallel workers.
 
-One fleet of tiny assets is trained once per module through the real command line (real
-TensorFlow, real sqlite store); the tests score it in several layouts.
+One fleet of tiny assets is trained and scored once per session (``tests/fleet_fixtures.py``);
+the tests score it again in other layouts and compare.
 """
 
 from __future__ import annotations
@@ -17,50 +17,17 @@ from mlflow.tracking import MlflowClient
 from pipeline.cli import main
 from pipeline.config import PipelineConfig
 from pipeline.data.assets import MAX_ASSET_ID, asset_key, asset_problem, read_normal_periods
-from pipeline.detector.fitting import normal_mask
+from pipeline.detector.fitting import normal_mask, open_normal_stretch
 from pipeline.errors import InputError
 from pipeline.sample_data import generate
-from tests.conftest import TINY_CONFIG_YAML, TINY_FAULTS, TINY_NORMAL_UNTIL
-
-ODD = "Pumpe Ü/2"  # a space, a slash and a non-ASCII letter
-ASSETS = ["P-101", "../etc", ODD]
-LONG_ID = "x" * (MAX_ASSET_ID + 1)
-
-
-def _frames() -> dict[str, pd.DataFrame]:
-    frames = {asset: generate(days=1, seed=3 + i, faults=TINY_FAULTS if i != 1 else []) for i, asset in enumerate(ASSETS)}
-    frames["short"] = generate(days=1, seed=9, faults=[]).iloc[:10]  # far too few normal rows to train
-    return frames
-
-
-def _long_table(frames: dict[str, pd.DataFrame], seed: int = 0) -> pd.DataFrame:
-    rows = pd.concat([f.assign(asset=a) for a, f in frames.items()], ignore_index=True)
-    bad = frames["P-101"].iloc[:3].assign(asset=["", "  ", LONG_ID])  # ids that cannot be used
-    return pd.concat([rows, bad], ignore_index=True).sample(frac=1, random_state=seed)[["asset", *frames["P-101"].columns]]
+from tests.conftest import TINY_FAULTS
+from tests.fleet_fixtures import ASSETS, LONG_ID, ODD, long_table, read_fleet_table, read_scores
 
 
 def _cli(capsys, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def _scores(folder: Path) -> pd.DataFrame:
-    frame = pd.read_csv(folder / "scores.csv", dtype={"asset": str}, keep_default_na=False, na_values=[""])
-    return frame.sort_values(["asset", "timestamp", "status"], kind="stable").reset_index(drop=True)
-
-
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fleet")
-    frames = _frames()
-    _long_table(frames).to_csv(root / "plant.csv", index=False)
-    config = root / "tiny.yaml"
-    config.write_text(TINY_CONFIG_YAML + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    code = main(["train", "--input", str(root / "plant.csv"), "--asset-column", "asset", "--config", str(config),
-                 "--model-name", "plant", "--tracking-uri", uri, "--workers", "1"])  # fmt: skip
-    return {"root": root, "frames": frames, "uri": uri, "config": config, "train_code": code}
 
 
 def test_a_model_per_asset_and_a_short_asset_reported_not_dropped(fleet):
@@ -87,14 +54,13 @@ def _needed() -> int:
     return rows_needed(tiny_config())
 
 
-def test_score_uses_each_assets_threshold_and_keeps_every_row(fleet, tmp_path, capsys):
-    code, out, err = _cli(capsys, "score", "--input", str(fleet["root"] / "plant.csv"), "--asset-column", "asset",
-                          "--out", str(tmp_path / "out"), "--model-name", "plant", "--tracking-uri", fleet["uri"])  # fmt: skip
-    assert code == 2 and "asset short: not scored" in err, err
-    scores = _scores(tmp_path / "out")
+def test_score_uses_each_assets_threshold_and_keeps_every_row(fleet, fleet_scored):
+    out = fleet_scored["out"]
+    assert fleet_scored["code"] == 2 and "asset short: not scored" in fleet_scored["err"], fleet_scored["err"]
+    scores = read_scores(out)
     assert len(scores) == sum(len(f) for f in fleet["frames"].values()) + 3  # one row per input row
-    assert list(pd.read_csv(tmp_path / "out" / "scores.csv", nrows=0).columns[:2]) == ["asset", "source"]
-    fleet_table = pd.read_csv(tmp_path / "out" / "fleet.csv").set_index("asset")
+    assert list(pd.read_csv(out / "scores.csv", nrows=0).columns[:2]) == ["asset", "source"]
+    fleet_table = pd.read_csv(out / "fleet.csv").set_index("asset")
     for asset in ASSETS:
         rows = scores[scores["asset"] == asset]
         assert rows["threshold"].nunique() == 1 and rows["threshold"].iloc[0] == pytest.approx(
@@ -106,14 +72,14 @@ def test_score_uses_each_assets_threshold_and_keeps_every_row(fleet, tmp_path, c
     assert len(short) == 10 and short["score"].isna().all() and short["status"].str.contains("no registered model").all()
     unnamed = scores[scores["asset"].isna() | (scores["asset"].str.strip() == "") | (scores["asset"] == LONG_ID)]
     assert len(unnamed) == 3 and set(unnamed["status"]) == {"empty asset id", f"asset id longer than {MAX_ASSET_ID} characters"}
-    events = pd.read_csv(tmp_path / "out" / "anomalies.csv")
+    events = pd.read_csv(out / "anomalies.csv")
     assert list(events.columns[:2]) == ["asset", "event_id"] and set(events["asset"]) <= set(ASSETS)
     assert not events.duplicated(["asset", "event_id"]).any()
 
 
-def test_shuffling_rows_across_assets_and_folder_layout_change_no_score(fleet, tmp_path, capsys):
+def test_shuffling_rows_across_assets_and_folder_layout_change_no_score(fleet, fleet_scored, tmp_path, capsys):
     shuffled = tmp_path / "shuffled.csv"
-    _long_table(fleet["frames"], seed=7).to_csv(shuffled, index=False)
+    long_table(fleet["frames"], seed=7).to_csv(shuffled, index=False)
     folders = tmp_path / "landing"
     for asset, frame in fleet["frames"].items():
         if asset == ODD or asset == "../etc":
@@ -122,21 +88,11 @@ def test_shuffling_rows_across_assets_and_folder_layout_change_no_score(fleet, t
         frame.iloc[:700].to_csv(folders / asset / "a.csv", index=False)
         frame.iloc[700:].to_csv(folders / asset / "b.csv", index=False)
     args = ["--model-name", "plant", "--tracking-uri", fleet["uri"]]
-    _cli(
-        capsys,
-        "score",
-        "--input",
-        str(fleet["root"] / "plant.csv"),
-        "--asset-column",
-        "asset",
-        "--out",
-        str(tmp_path / "a"),
-        *args,
-    )
     _cli(capsys, "score", "--input", str(shuffled), "--asset-column", "asset", "--out", str(tmp_path / "b"), *args)
     code, _, err = _cli(capsys, "score", "--input", str(folders), "--asset-folders", "--out", str(tmp_path / "c"), *args)
     assert code == 2, err  # "short" has no model
-    reference, reshuffled, by_folder = (_scores(tmp_path / name) for name in "abc")
+    reference = read_scores(fleet_scored["out"])
+    reshuffled, by_folder = (read_scores(tmp_path / name) for name in "bc")
     pd.testing.assert_frame_equal(reference.drop(columns="source"), reshuffled.drop(columns="source"))
     columns = ["asset", "timestamp", "score", "anomaly", "event_id"]
     for asset in ("P-101",):
@@ -145,20 +101,16 @@ def test_shuffling_rows_across_assets_and_folder_layout_change_no_score(fleet, t
         pd.testing.assert_frame_equal(got, want)
 
 
-def test_two_workers_train_and_score_exactly_as_one(fleet, tmp_path, capsys):
-    frames = {a: f for a, f in _frames().items() if a in ("P-101", "../etc")}
-    plant = tmp_path / "two.csv"
-    pd.concat([f.assign(asset=a) for a, f in frames.items()]).to_csv(plant, index=False)
-    results = {}
-    for workers in ("1", "2"):
-        uri = f"sqlite:///{tmp_path / workers / 'mlflow.db'}"
-        common = ["--model-name", "two", "--tracking-uri", uri, "--workers", workers, "--asset-column", "asset"]
-        code, _, err = _cli(capsys, "train", "--input", str(plant), "--config", str(fleet["config"]), *common)
-        assert code == 0, err
-        code, _, err = _cli(capsys, "score", "--input", str(plant), "--out", str(tmp_path / workers / "out"), *common)
-        assert code == 0, err
-        results[workers] = _scores(tmp_path / workers / "out")
-    pd.testing.assert_frame_equal(results["1"], results["2"])
+def test_two_workers_train_and_score_exactly_as_one(fleet, fleet_scored, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    common = ["--model-name", "plant", "--tracking-uri", uri, "--workers", "2", "--asset-column", "asset"]
+    plant = str(fleet["root"] / "plant.csv")
+    code, _, err = _cli(capsys, "train", "--input", plant, "--config", str(fleet["config"]), *common)
+    assert code == fleet["train_code"] == 2, err  # the short asset and the unusable ids, as with one worker
+    code, _, err = _cli(capsys, "score", "--input", plant, "--out", str(tmp_path / "out"), *common)
+    assert code == fleet_scored["code"], err
+    pd.testing.assert_frame_equal(read_scores(tmp_path / "out"), read_scores(fleet_scored["out"]))
+    pd.testing.assert_frame_equal(read_fleet_table(tmp_path / "out"), read_fleet_table(fleet_scored["out"]))
 
 
 def test_promote_one_assets_challenger(fleet, tmp_path, capsys):
@@ -215,6 +167,23 @@ def test_normal_periods_per_asset_and_the_commissioning_stretch(tmp_path):
     np.testing.assert_array_equal(normal_mask(table, first), np.arange(12) < 3)
 
 
+def test_a_normal_stretch_is_open_until_the_data_reaches_its_end():
+    table = pd.DataFrame({"timestamp": pd.date_range("2026-10-01", periods=10, freq="h", tz="UTC")})  # 00:00..09:00
+    hour = pd.Timestamp("2026-10-01", tz="UTC").value, pd.Timedelta("1h").value
+    plain = PipelineConfig()
+    assert open_normal_stretch(table, plain) is None  # no stretch named: every row is normal
+    first = PipelineConfig.model_validate({"training": {"normal_first": "12h"}})
+    assert open_normal_stretch(table, first) == pd.Timestamp("2026-10-01 12:00", tz="UTC")
+    assert open_normal_stretch(table.iloc[:0], first) is None
+    assert open_normal_stretch(table, PipelineConfig.model_validate({"training": {"normal_first": "9h"}})) is None
+    spans = [(hour[0], hour[0] + 4 * hour[1]), (hour[0] + 8 * hour[1], hour[0] + 11 * hour[1])]  # [00, 04), [08, 11)
+    assert open_normal_stretch(table, first, spans) == pd.Timestamp("2026-10-01 11:00", tz="UTC")  # periods win
+    assert open_normal_stretch(table, first, spans[:1]) is None  # ended; one not begun yet does not hold training
+    berlin = {"training": {"normal_until": "2026-10-01 14:00:00"}, "ingest": {"source_timezone": "Europe/Berlin"}}
+    until = PipelineConfig.model_validate(berlin)
+    assert open_normal_stretch(table, until) == pd.Timestamp("2026-10-01 12:00", tz="UTC")  # 14:00 in Berlin
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -252,37 +221,49 @@ def _run_scores(out: Path) -> pd.DataFrame:
 
 
 def test_fleet_run_is_incremental_crash_safe_and_picks_up_a_new_asset(fleet, tmp_path):
-    """Two files (a new asset appears in the second) give the scores of one run over both, also
-    when the second run is killed after writing its outputs and started again."""
+    """Two files give the scores of one run over both, also when the second run is killed after
+    writing its outputs and started again. A new asset appears in the first file before its normal
+    stretch is complete: it waits, and the run that trains it scores its rows of both files."""
     frames = {a: fleet["frames"][a] for a in ("P-101", "../etc")}
     frames["P-201"] = generate(days=1, seed=21, faults=TINY_FAULTS)
     rows = (
         pd.concat([f.assign(asset=a) for a, f in frames.items()]).sort_values("timestamp", kind="stable").reset_index(drop=True)
     )
-    first = rows[(rows["asset"] != "P-201") & (rows["timestamp"] < "2026-10-01 16:00")]
+    cut = pd.to_datetime(np.where(rows["asset"] == "P-201", "2026-10-01 10:00", "2026-10-01 16:00"))
+    first = rows[rows["timestamp"] < cut]
     second = rows.drop(first.index)
     results = {}
-    for name, crash in (("whole", None), ("split", None), ("killed", "after_outputs")):
-        root = tmp_path / name
-        (root / "in").mkdir(parents=True)
-        shutil.copy(Path(fleet["uri"].removeprefix("sqlite:///")), root / "mlflow.db")
+    for name in ("whole", "split", "killed"):
+        root = tmp_path / ("whole" if name == "whole" else "parts")
         args = ["--input", str(root / "in"), "--out", str(root / "out"), "--state", str(root / "state"),
                 "--asset-column", "asset", "--config", str(fleet["config"]), "--model-name", "plant",
                 "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--workers", "1"]  # fmt: skip
+        if name == "killed":  # the same first run (restored at the same paths), then the second killed after its outputs
+            shutil.rmtree(root)
+            shutil.copytree(tmp_path / "after_part0", root)
+            second.to_csv(root / "in" / "part1.csv", index=False)
+            assert _run(args, "after_outputs")[0] == -9
+        else:
+            (root / "in").mkdir(parents=True)
+            shutil.copy(Path(fleet["uri"].removeprefix("sqlite:///")), root / "mlflow.db")
         if name == "whole":
             pd.concat([first, second]).to_csv(root / "in" / "all.csv", index=False)
-        else:
+        elif name == "split":
             first.to_csv(root / "in" / "part0.csv", index=False)
-            assert _run(args) == (0, "")
+            assert _run(args)[0] == 2  # P-201 waits for its normal stretch (until 12:00) to be complete
+            waiting = _run_scores(root / "out").query("asset == 'P-201'")
+            assert len(waiting) == 600 and waiting["status"].str.contains("waiting for a model: its normal stretch").all()
+            shutil.copytree(root, tmp_path / "after_part0")
             second.to_csv(root / "in" / "part1.csv", index=False)
-            if crash:
-                assert _run(args, crash)[0] == -9
         code, err = _run(args)
         assert code == 0, err
-        results[name] = _run_scores(root / "out")
+        scores = _run_scores(root / "out")
+        waited = scores["status"].astype("string").str.contains("waiting for a model", na=False)  # scored later
+        assert scores.loc[~waited, "status"].isna().all()  # every other row is scored
+        results[name] = scores[~waited].drop(columns="status").reset_index(drop=True)
         events = pd.read_csv(root / "out" / "anomalies.csv")
         assert not events.duplicated(["asset", "event_id"]).any() and "P-201" in set(events["asset"])
-    assert len(results["whole"]) == len(rows) and results["whole"]["status"].isna().all()
+    assert len(results["whole"]) == len(rows)
     for name in ("split", "killed"):
         pd.testing.assert_frame_equal(results[name], results["whole"], rtol=1e-5)
 
@@ -304,7 +285,7 @@ def test_fleet_run_sets_a_bad_asset_aside_and_processes_the_others(fleet, tmp_pa
     assert len(aside) == len(broken) and aside["score"].isna().all() and aside["status"].str.contains("not scored").all()
 
 
-def test_encode_a_fleet_each_asset_with_its_own_model(fleet, tmp_path, capsys):
+def test_encode_a_fleet_each_asset_with_its_own_model(fleet, fleet_scored, tmp_path, capsys):
     code, out, err = _cli(capsys, "encode", "--input", str(fleet["root"] / "plant.csv"), "--asset-column", "asset",
                           "--out", str(tmp_path / "enc"), "--model-name", "plant", "--tracking-uri", fleet["uri"])  # fmt: skip
     assert code == 2 and "asset short: not written" in err, err  # the asset without a model is named
@@ -312,10 +293,7 @@ def test_encode_a_fleet_each_asset_with_its_own_model(fleet, tmp_path, capsys):
     assert list(latent.columns[:3]) == ["asset", "source", "timestamp"] and "score" in latent.columns
     counts = latent["asset"].value_counts()
     assert {asset: counts[asset] for asset in ASSETS} == {asset: len(fleet["frames"][asset]) - 7 for asset in ASSETS}
-    scored = _cli(capsys, "score", "--input", str(fleet["root"] / "plant.csv"), "--asset-column", "asset",
-                  "--out", str(tmp_path / "out"), "--model-name", "plant", "--tracking-uri", fleet["uri"])  # fmt: skip
-    assert scored[0] == 2
-    scores = _scores(tmp_path / "out").dropna(subset=["score"])
+    scores = read_scores(fleet_scored["out"]).dropna(subset=["score"])
     joined = latent.merge(scores[["asset", "timestamp", "score"]], on=["asset", "timestamp"], suffixes=("", "_scored"))
     assert len(joined) == len(latent)
     np.testing.assert_allclose(joined["score"], joined["score_scored"], rtol=1e-6)

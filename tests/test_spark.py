@@ -12,9 +12,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.engines.local import Task
 from pipeline.engines.spark import ASSET, _rebuild, _to_spark_frame
-from pipeline.sample_data import generate
-from tests.conftest import TINY_CONFIG_YAML, TINY_FAULTS, TINY_NORMAL_UNTIL
-from tests.test_fleet import ODD, _scores
+from tests.fleet_fixtures import ASSETS, ODD, read_fleet_table, read_scores
 
 
 def test_each_assets_frame_comes_back_exactly_whatever_the_row_order():
@@ -38,31 +36,20 @@ def test_each_assets_frame_comes_back_exactly_whatever_the_row_order():
         pd.testing.assert_frame_equal(_rebuild(rows, shapes[asset]), task.rows)
 
 
-def test_spark_engine_trains_and_scores_as_the_local_engine(tmp_path, capsys):
+def test_spark_engine_trains_and_scores_as_the_local_engine(fleet, fleet_scored, tmp_path, capsys):
+    """The session's tiny fleet (three assets, one of them the id ``Pumpe Ü/2``, a short asset and
+    unusable ids) trained and scored on Spark ``local[1]`` equals the local engine's reference."""
     pytest.importorskip("pyspark")
-    frames = {asset: generate(days=1, seed=3 + i, faults=TINY_FAULTS) for i, asset in enumerate(["P-101", "../etc", ODD])}
-    plant = tmp_path / "plant.csv"
-    pd.concat([f.assign(asset=a) for a, f in frames.items()]).sample(frac=1, random_state=0).to_csv(plant, index=False)
-    config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_CONFIG_YAML + f"training:\n  normal_until: '{TINY_NORMAL_UNTIL}'\n")
-    results, fleets = {}, {}
-    for engine in (["--engine", "local", "--workers", "1"], ["--engine", "spark", "--spark-master", "local[1]"]):
-        name = engine[1]
-        common = [
-            "--model-name",
-            "plant",
-            "--tracking-uri",
-            f"sqlite:///{tmp_path / name / 'mlflow.db'}",
-            "--asset-column",
-            "asset",
-        ]
-        assert main(["train", "--input", str(plant), "--config", str(config), *common, *engine]) == 0, capsys.readouterr().err
-        out = tmp_path / name / "out"
-        assert main(["score", "--input", str(plant), "--out", str(out), *common, *engine]) == 0, capsys.readouterr().err
-        results[name] = _scores(out)
-        fleets[name] = pd.read_csv(out / "fleet.csv")
-    local, spark = results["local"], results["spark"]
-    assert local["anomaly"].sum() > 0 and set(local["asset"]) == set(frames)
+    plant = str(fleet["root"] / "plant.csv")
+    common = ["--model-name", "plant", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--asset-column", "asset",
+              "--engine", "spark", "--spark-master", "local[1]"]  # fmt: skip
+    code = main(["train", "--input", plant, "--config", str(fleet["config"]), *common])
+    assert code == fleet["train_code"] == 2, capsys.readouterr().err  # the short asset and the unusable ids
+    out = tmp_path / "out"
+    assert main(["score", "--input", plant, "--out", str(out), *common]) == fleet_scored["code"], capsys.readouterr().err
+    local, spark = read_scores(fleet_scored["out"]), read_scores(out)
+    assert local["anomaly"].sum() > 0 and set(ASSETS) < set(local["asset"].dropna())
     pd.testing.assert_frame_equal(spark.drop(columns="score"), local.drop(columns="score"))  # same rows, flags and events
     np.testing.assert_allclose(spark["score"], local["score"], rtol=0, atol=1e-6)
-    pd.testing.assert_frame_equal(fleets["spark"], fleets["local"])  # same thresholds, counts and statuses
+    # same thresholds, counts and statuses
+    pd.testing.assert_frame_equal(read_fleet_table(out), read_fleet_table(fleet_scored["out"]))

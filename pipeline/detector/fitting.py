@@ -89,6 +89,31 @@ def normal_mask(
     return mask
 
 
+def open_normal_stretch(
+    table: pd.DataFrame, config: PipelineConfig, spans: list[tuple[int, int]] | None = None
+) -> pd.Timestamp | None:
+    """The end of a normal stretch the data has not reached yet, or None when none is open.
+
+    A stretch is open while rows inside it may still arrive: a normal period of the asset
+    (``spans``, UTC ns ``[start, end)``) that has begun but not ended by the last timestamp, the
+    first ``normal_first`` when the data is shorter, or ``normal_until`` still ahead. Training
+    now would cut it short, and a later run over the same rows would train another model.
+    """
+    if not len(table):
+        return None
+    first, last = table["timestamp"].min(), table["timestamp"].max()
+    ends = []
+    if spans:
+        ends += [pd.Timestamp(end, tz="UTC") for start, end in spans if start <= last.value < end]
+    elif config.training.normal_first:
+        ends.append(first + pd.Timedelta(config.training.normal_first))
+    if config.training.normal_until:
+        until = pd.Timestamp(config.training.normal_until)
+        ends.append(until.tz_localize(config.ingest.source_timezone) if until.tzinfo is None else until.tz_convert("UTC"))
+    ahead = [end for end in ends if end > last]
+    return max(ahead) if ahead else None
+
+
 def rows_needed(config: PipelineConfig) -> int:
     """The fewest normal rows that give every part at least one window."""
     training, window = config.training, config.features.window_size

@@ -6,7 +6,8 @@ task there; its value comes back pickled, one row per asset. ``mlflow.pyfunc.spa
 used: it scores rows in arbitrary batches and cannot see an asset's previous rows.
 
 Needs the optional extra ``pip install -e '.[spark]'`` and Java 17 or newer. On a cluster the
-package must be installed on the executors and the model folders must be on storage they share.
+package must be installed on the executors (at the driver's Python path); tasks take and return
+values only (a model as its files' bytes), so executors share no disk or tracking store with the driver.
 """
 
 from __future__ import annotations

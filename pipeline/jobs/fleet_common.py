@@ -29,7 +29,7 @@ from pipeline.errors import PipelineError
 from pipeline.reports import plots
 from pipeline.reports.fleet import fleet_table
 from pipeline.store import atomic
-from pipeline.store.names import FLEET_ALARM_PLOT, FLEET_FILE, FLEET_TIMELINE_PLOT, PLOTS_FOLDER
+from pipeline.store.names import BUNDLE_FOLDER, FLEET_ALARM_PLOT, FLEET_FILE, FLEET_TIMELINE_PLOT, PLOTS_FOLDER
 from pipeline.tracking import Tracker
 
 FLEET_TAG = "fleet"
@@ -50,43 +50,65 @@ def fleet_ingest_tag(ingest: IngestConfig) -> dict[str, str]:
     return {FLEET_INGEST_TAG: json.dumps({"asset_column": ingest.asset_column, "asset_folders": ingest.asset_folders})}
 
 
+# A bundle travels to and from an engine's worker as its files' bytes, never as a path: on a Spark
+# cluster the worker is another machine, with its own disk.
+BundleFiles = dict[str, bytes]
+
+
+def bundle_files(folder: Path) -> BundleFiles:
+    """The files of a saved bundle folder, by name."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.is_file()}
+
+
+def write_bundle_files(files: BundleFiles, folder: Path) -> Path:
+    """Write a bundle's files into ``folder`` (the names are the bundle's own: ``ModelBundle.save``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / Path(name).name).write_bytes(data)
+    return folder
+
+
+def _packed(bundle) -> BundleFiles:
+    with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
+        return bundle_files(bundle.save(Path(tmp) / BUNDLE_FOLDER))
+
+
 def fit_asset_task(
-    rows: pd.DataFrame, result: IngestResult, config, in_period: np.ndarray | None, folder: str, moved: np.ndarray | None = None
-) -> FitReport:
+    rows: pd.DataFrame, result: IngestResult, config, in_period: np.ndarray | None, moved: np.ndarray | None = None
+) -> tuple[FitReport, BundleFiles]:
     """Engine task: fit one asset's bundle on its validated ``rows`` (``result`` says the rest; ``moved``:
-    the rows its verdicts move) and save it in ``folder``."""
+    the rows its verdicts move); the fit's report and the bundle's files."""
     bundle, fit = fit_bundle(replace(result, table=rows), config, in_period, moved)
-    bundle.save(Path(folder))
-    return fit
+    return fit, _packed(bundle)
 
 
-def score_asset_task(rows: pd.DataFrame, folder: str, batch_size: int | None = None) -> tuple[RowScores, np.ndarray]:
-    """Engine task: the row scores and event numbers of one asset's validated ``rows``, with the bundle saved in ``folder``."""
-    bundle = load_bundle(Path(folder))
+def score_asset_task(rows: pd.DataFrame, files: BundleFiles, batch_size: int | None = None) -> tuple[RowScores, np.ndarray]:
+    """Engine task: the row scores and event numbers of one asset's validated ``rows`` under the bundle of ``files``."""
+    with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
+        bundle = load_bundle(write_bundle_files(files, Path(tmp) / BUNDLE_FOLDER))
     scores = score_rows(bundle, rows, batch_size)
     return scores, flag_events(bundle, scores)
 
 
-def fit_shared_model(tasks: dict[str, Task], config) -> dict[str, FitReport | Failed]:
-    """``fleet.shared_model``: one autoencoder for the assets of ``tasks`` (trained here, as one task), each
-    asset's bundle saved in its task's folder; every asset ``Failed`` when the shared fit is impossible."""
+def fit_shared_model(tasks: dict[str, Task], config) -> dict[str, tuple[FitReport, BundleFiles] | Failed]:
+    """``fleet.shared_model``: one autoencoder for the assets of ``tasks`` (trained here, as one task),
+    each asset's report and bundle files as ``fit_asset_task`` gives them; every asset ``Failed``
+    when the shared fit is impossible."""
     if not tasks:
         return {}
     results = {asset: replace(task.args[0], table=task.rows) for asset, task in tasks.items()}
     try:
         in_periods = {asset: task.args[2] for asset, task in tasks.items()}
-        fitted = fit_shared(results, config, in_periods, {asset: task.args[4] for asset, task in tasks.items()})
+        fitted = fit_shared(results, config, in_periods, {asset: task.args[3] for asset, task in tasks.items()})
     except PipelineError as exc:
         return {asset: Failed(f"shared model: {exc}") for asset in tasks}
-    for asset, (bundle, _) in fitted.items():
-        bundle.save(Path(tasks[asset].args[3]))
-    return {asset: fit for asset, (_, fit) in fitted.items()}
+    return {asset: (fit, _packed(bundle)) for asset, (bundle, fit) in fitted.items()}
 
 
-def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, folder: Path, moved: np.ndarray | None = None) -> Task:
+def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, moved: np.ndarray | None = None) -> Task:
     """The engine task that fits one asset: its rows travel as rows, the rest of its ingest result beside them."""
     result = loaded.result
-    return Task(result.table, (replace(result, table=result.table.iloc[:0]), config, in_period, str(folder), moved))
+    return Task(result.table, (replace(result, table=result.table.iloc[:0]), config, in_period, moved))
 
 
 def log_fleet_summary(tracker: Tracker, summaries, events: pd.DataFrame, out_dir: Path | None = None) -> pd.DataFrame:

@@ -2,20 +2,21 @@
 
 Each asset keeps its own carry (context rows, held-back rows, open event) in ``state.json``, so
 cutting an asset's series into files changes none of its scores. An asset without a model is
-trained as soon as its normal data is long enough (on every readable file so far); until then
-its rows are written with the reason in ``status``. A file that cannot be read is quarantined
-alone; an asset whose rows cannot be validated is set aside alone; the rest is processed.
+trained once its normal stretch is complete and long enough (on every readable file so far);
+until then its rows are written with the reason in ``status``, and the first run that scores it
+scores all its rows so far. A file that cannot be read is quarantined alone; an asset whose rows cannot
+be validated is set aside alone; the rest is processed.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+import sys
 
 import pandas as pd
 
 from pipeline.config import PipelineConfig
-from pipeline.data.assets import asset_key, read_normal_periods
+from pipeline.data.assets import asset_key
 from pipeline.data.fleet import fleet_waves, regroup, set_aside_whole, validate_asset
 from pipeline.detector.drift import metric_key
 from pipeline.detector.stream import Carry
@@ -23,7 +24,7 @@ from pipeline.errors import InputError
 from pipeline.jobs import drift_watch
 from pipeline.jobs.common import load_registered
 from pipeline.jobs.fleet_common import asset_model_name, log_fleet_summary
-from pipeline.jobs.fleet_train import fit_wave_size, train_assets
+from pipeline.jobs.fleet_train import train_in_waves
 from pipeline.jobs.run import RunContext, RunOutcome, ScoredBatch, run_job
 from pipeline.jobs.run_outputs import RunFolder, publish_run_folder
 from pipeline.jobs.run_settings import batch_settings
@@ -54,13 +55,15 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     trained = None
     files = [(c.name, c.path) for c in candidates if c.kind == Kind.PROCESSED or c.name in sources]
     if retrain or any(a not in champions for a in pieces):
-        trained = _train(job, config, files, None if retrain else [a for a in pieces if a not in champions])
+        new_assets = None if retrain else [a for a in pieces if a not in champions]
+        trained = train_in_waves(job.tracker, job.model_name, files, config, new_assets, whole_stretches=True)
         for asset, summary in trained.items():
             why = summary.status.removeprefix("not trained: ")
             if summary.status != "ok" and asset in summaries:  # on --retrain, assets without new rows train too
                 summaries[asset].status = f"not retrained: {why}" if asset in champions else f"waiting for a model: {why}"
             elif asset not in champions:
                 champions[asset] = load_registered(tracker, asset_model_name(job.model_name, asset))
+    _with_rows_that_waited(job, pieces, champions, summaries, files, candidates, config)
 
     # Score each asset's new rows after its own carry.
     batches: dict[str, ScoredBatch] = {}
@@ -116,15 +119,6 @@ def process_fleet(job: RunContext, candidates, config: PipelineConfig, config_gi
     return outcome
 
 
-def _train(job: RunContext, config: PipelineConfig, files, only: list[str] | None) -> dict[str, AssetSummary]:
-    """Train these assets (every asset when None) on every readable file so far, a wave at a time."""
-    periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
-    trained = {}
-    for wave in fleet_waves(files, config.ingest, fit_wave_size(config), only):
-        trained |= train_assets(job.tracker, job.model_name, wave.pieces, config, periods, files)
-    return trained
-
-
 def _stale(job: RunContext, outcome: RunOutcome, config: PipelineConfig, batches, stale, files, untrained) -> None:
     """Say which assets' models drift made stale (and tag the run); with ``--retrain-when-stale``, retrain them."""
     assets = sorted(a for a, sensors in stale.items() if sensors)
@@ -138,11 +132,25 @@ def _stale(job: RunContext, outcome: RunOutcome, config: PipelineConfig, batches
     drift_watch.tag_stale(job.tracker, lines)
     again = [a for a in assets if a not in untrained]
     if job.retrain_when_stale and again:
-        fitted = _train(job, config, files, again)
+        fitted = train_in_waves(job.tracker, job.model_name, files, config, again)
         outcome.fleet_trained = {**(outcome.fleet_trained or {}), **fitted}
         for a in again:
             job.state.drift[a] = {}  # counted afresh: the challenger waits for promote
         save_state(job.state, job.state_dir)
+
+
+def _with_rows_that_waited(job: RunContext, pieces, champions, summaries, files, candidates, config: PipelineConfig) -> None:
+    """An asset with a model but never scored by a finished run (no carry), whose rows reached
+    earlier batches while it waited for its model: all its rows so far (every readable file) are
+    scored now, as one run over all the files would. Also after a crash between a run's training
+    and its commit, since the carry, not the registry, says what was scored."""
+    unscored = [a for a in pieces if a in champions and a not in job.state.carries]
+    if not unscored or not any(c.kind == Kind.PROCESSED for c in candidates):
+        return
+    for wave in fleet_waves(files, config.ingest, sys.maxsize, unscored):
+        for asset, history in wave.pieces.items():
+            pieces[asset] = history
+            summaries[asset].rows_in = sum(len(p.frame) for p in history)
 
 
 def _registered(job: RunContext, asset: str) -> bool:

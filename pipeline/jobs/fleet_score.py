@@ -27,7 +27,14 @@ from pipeline.engines import Failed, Task, map_assets, wave_size
 from pipeline.errors import InputError
 from pipeline.jobs import drift_watch
 from pipeline.jobs.common import describe_inputs
-from pipeline.jobs.fleet_common import asset_model_name, asset_tags, fleet_ingest_tag, log_fleet_summary, score_asset_task
+from pipeline.jobs.fleet_common import (
+    asset_model_name,
+    asset_tags,
+    bundle_files,
+    fleet_ingest_tag,
+    log_fleet_summary,
+    score_asset_task,
+)
 from pipeline.jobs.fleet_train import FleetOutcome
 from pipeline.jobs.review import latest_reviews
 from pipeline.reports.fleet import AssetSummary, fleet_events, fleet_scores_schema, set_aside_batches, with_asset
@@ -111,7 +118,7 @@ def _score_wave(tracker, model_name, run_id, wave: FleetInput, ingest, engine, s
                 done.summaries[asset].status, done.summaries[asset].rows_set_aside = reason, done.summaries[asset].rows_in
                 continue
             ready[asset] = (folder, bundle, found.version, loaded)
-        tasks = {asset: Task(loaded.result.table, (str(folder),)) for asset, (folder, _, _, loaded) in ready.items()}
+        tasks = {asset: Task(loaded.result.table, (bundle_files(folder),)) for asset, (folder, _, _, loaded) in ready.items()}
         scored = map_assets(score_asset_task, tasks, engine)
 
     writer, schema = None, None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,9 +20,9 @@ import pandas as pd
 from pipeline.config import PipelineConfig, to_yaml
 from pipeline.data.assets import NormalPeriods, asset_key, read_normal_periods
 from pipeline.data.files import discover_files
-from pipeline.data.fleet import fleet_waves, validate_asset
+from pipeline.data.fleet import FleetInput, fleet_waves, validate_asset
 from pipeline.data.loading import LoadedInput
-from pipeline.detector.fitting import normal_mask, rows_needed
+from pipeline.detector.fitting import normal_mask, open_normal_stretch, rows_needed
 from pipeline.engines import Failed, map_assets, wave_size
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs
@@ -33,6 +34,7 @@ from pipeline.jobs.fleet_common import (
     fit_task,
     fleet_ingest_tag,
     log_fleet_summary,
+    write_bundle_files,
 )
 from pipeline.jobs.review import latest_reviews, verdict_moves
 from pipeline.jobs.train import log_training_input, record_fit
@@ -40,6 +42,7 @@ from pipeline.reports.fleet import AssetSummary, fleet_events
 from pipeline.store import atomic
 from pipeline.store.names import BUNDLE_FOLDER, CONFIG_ARTIFACT, QUARANTINE_ARTIFACT
 from pipeline.tracking import Tracker
+from pipeline.utc import iso_ns
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +60,47 @@ def train_fleet_job(inputs: list[str | Path], config: PipelineConfig, model_name
     """Train and register one model per asset of the inputs (``ingest.asset_column`` or ``ingest.asset_folders``)."""
     tracker = Tracker(tracking_uri, model_name)
     files = discover_files(inputs)
-    periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
     run_name = f"train fleet {model_name} {describe_inputs(inputs)}"
     tags = {"model_name": model_name, "fleet": model_name, **fleet_ingest_tag(config.ingest)}
     with tracker.run("train", run_name=run_name, tags=tags) as run_id:
         tracker.log_params({"model_name": model_name, "inputs": ", ".join(name for name, _ in files), **config.flat()})
         tracker.log_text(to_yaml(config), CONFIG_ARTIFACT)
-        problems, summaries = [], {}
-        for wave in fleet_waves(files, config.ingest, fit_wave_size(config)):
-            problems += wave.problems()
+        problems = []
+
+        def set_aside(wave: FleetInput) -> None:
+            problems.extend(wave.problems())
             if len(wave.rejected):
                 with tempfile.TemporaryDirectory() as tmp:
                     tracker.log_artifact(atomic.write_csv(wave.rejected, Path(tmp) / QUARANTINE_ARTIFACT))
-            summaries |= train_assets(tracker, model_name, wave.pieces, config, periods, files)
+
+        summaries = train_in_waves(tracker, model_name, files, config, on_wave=set_aside)
         for summary in summaries.values():
             if summary.status != "ok":
                 problems.append(f"asset {summary.asset}: {summary.status}")
         table = log_fleet_summary(tracker, summaries.values(), fleet_events({}))
     log.info("trained %d of %d asset(s) of fleet %s", int((table["status"] == "ok").sum()), len(table), model_name)
     return FleetOutcome(run_id, table, problems)
+
+
+def train_in_waves(
+    tracker: Tracker,
+    model_name: str,
+    files: list[tuple[str, Path]],
+    config: PipelineConfig,
+    only: list[str] | None = None,
+    on_wave: Callable[[FleetInput], None] | None = None,
+    whole_stretches: bool = False,
+) -> dict[str, AssetSummary]:
+    """Train these assets (every asset when None) on ``files``, a wave at a time; ``on_wave`` sees
+    each wave first. ``whole_stretches`` (``run``): an asset whose normal stretch is still open
+    waits (``open_normal_stretch``), so that cutting its series into batches trains the same model."""
+    periods = read_normal_periods(Path(config.training.normal_periods)) if config.training.normal_periods else None
+    trained = {}
+    for wave in fleet_waves(files, config.ingest, fit_wave_size(config), only):
+        if on_wave:
+            on_wave(wave)
+        trained |= train_assets(tracker, model_name, wave.pieces, config, periods, files, whole_stretches)
+    return trained
 
 
 def fit_wave_size(config: PipelineConfig) -> int:
@@ -90,6 +115,7 @@ def train_assets(
     config: PipelineConfig,
     periods: NormalPeriods | None,
     files: list[tuple[str, Path]],
+    whole_stretches: bool = False,
 ) -> dict[str, AssetSummary]:
     """Fit the assets that have enough normal data (in parallel), then log and register each in a nested run."""
     summaries: dict[str, AssetSummary] = {}
@@ -97,26 +123,28 @@ def train_assets(
     verdicts = latest_reviews(tracker, model_name)
     with tempfile.TemporaryDirectory(prefix="fleet-bundles-") as bundles:
         for asset in sorted(pieces):
-            ready = _ready_to_fit(asset, pieces[asset], config, periods, summaries)
+            ready = _ready_to_fit(asset, pieces[asset], config, periods, summaries, whole_stretches)
             if ready is not None:
                 loaded[asset] = ready
                 table = ready.result.table
                 in_period = periods.mask(asset, table["timestamp"]) if periods else None
                 mine = verdicts[verdicts["asset"] == asset] if len(verdicts) else verdicts
                 moved, moves[asset] = verdict_moves(table, config, mine, in_period)
-                tasks[asset] = fit_task(ready, config, in_period, Path(bundles) / asset_key(asset) / BUNDLE_FOLDER, moved)
+                tasks[asset] = fit_task(ready, config, in_period, moved)
         fits = fit_shared_model(tasks, config) if config.fleet.shared_model else map_assets(fit_asset_task, tasks, config.engine)
-        for asset, fit in fits.items():
-            if isinstance(fit, Failed):
-                summaries[asset].status = f"not trained: {fit.reason}"
+        for asset, fitted in fits.items():
+            if isinstance(fitted, Failed):
+                summaries[asset].status = f"not trained: {fitted.reason}"
                 continue
-            summaries[asset] = _register(
-                tracker, model_name, asset, loaded[asset], Path(tasks[asset].args[3]), fit, config, files, moves[asset]
-            )
+            fit, bundle = fitted
+            folder = write_bundle_files(bundle, Path(bundles) / asset_key(asset) / BUNDLE_FOLDER)
+            summaries[asset] = _register(tracker, model_name, asset, loaded[asset], folder, fit, config, files, moves[asset])
     return summaries
 
 
-def _ready_to_fit(asset, pieces, config: PipelineConfig, periods: NormalPeriods | None, summaries) -> LoadedInput | None:
+def _ready_to_fit(
+    asset, pieces, config: PipelineConfig, periods: NormalPeriods | None, summaries, whole_stretches: bool = False
+) -> LoadedInput | None:
     """The asset's validated stream when it has enough normal rows to train; else its summary says why."""
     rows_in = sum(len(p.frame) for p in pieces)
     summaries[asset] = AssetSummary(asset, rows_in=rows_in)
@@ -132,6 +160,11 @@ def _ready_to_fit(asset, pieces, config: PipelineConfig, periods: NormalPeriods 
     normal, needed = int(normal_mask(table, config, in_period).sum()), rows_needed(config)
     if normal < needed:
         summaries[asset].status = f"not trained: {normal} normal rows, {needed} needed"
+        return None
+    stretch_end = open_normal_stretch(table, config, periods.for_asset(asset) if periods else None) if whole_stretches else None
+    if stretch_end is not None:
+        end, last = iso_ns(stretch_end.value), iso_ns(table["timestamp"].max().value)
+        summaries[asset].status = f"not trained: its normal stretch runs to {end}, the data so far to {last}"
         return None
     return loaded
 
