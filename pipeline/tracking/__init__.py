@@ -40,7 +40,7 @@ from pipeline.tracking.reviews import ReviewTracking
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in cron logs
-# Each start_run otherwise probes for Databricks' dbutils (resuming serverless GPU jobs' runs), ~0.2 s.
+# Each start_run otherwise probes for Databricks' dbutils (resuming serverless GPU jobs' runs), 0.2-0.4 s.
 os.environ.setdefault("MLFLOW_ENABLE_SGC_RUN_RESUMPTION_FOR_DATABRICKS_JOBS", "false")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"
