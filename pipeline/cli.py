@@ -191,8 +191,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         return code
     config = _settings(args)
     if config.ingest.fleet and args.command in ("train", "score"):
-        if getattr(args, "output_format", "csv") != "csv":
-            raise InputError("--format parquet: fleets write scores.csv only (for now); leave --format out")
         return _fleet_command(args, config)
     if args.command == "review":
         from pipeline.jobs.review import review_job
@@ -293,7 +291,9 @@ def _fleet_command(args: argparse.Namespace, config: PipelineConfig) -> int:
     else:
         from pipeline.jobs.fleet_score import score_fleet_job
 
-        outcome = score_fleet_job(args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, config.engine)
+        outcome = score_fleet_job(
+            args.input, Path(args.out), args.model_name, args.tracking_uri, config.ingest, config.engine, args.output_format
+        )
         verb = "scored"
     fleet = outcome.fleet
     done = int((fleet["status"] == "ok").sum())

@@ -297,3 +297,31 @@ def test_encode_a_fleet_each_asset_with_its_own_model(fleet, fleet_scored, tmp_p
     joined = latent.merge(scores[["asset", "timestamp", "score"]], on=["asset", "timestamp"], suffixes=("", "_scored"))
     assert len(joined) == len(latent)
     np.testing.assert_allclose(joined["score"], joined["score_scored"], rtol=1e-6)
+
+
+def test_fleet_scores_in_parquet_equal_the_csv_scores(fleet, tmp_path, capsys):
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    from pipeline.reports.fleet import fleet_scores_schema
+
+    two = tmp_path / "two.csv"  # two assets with models, one without, and the rows with unusable ids
+    frame = pd.read_csv(fleet["root"] / "plant.csv", dtype={"asset": str}, keep_default_na=False)
+    frame[~frame["asset"].isin(["../etc"])].to_csv(two, index=False)
+    common = ["--input", str(two), "--asset-column", "asset", "--model-name", "plant", "--tracking-uri", fleet["uri"]]
+    assert _cli(capsys, "score", *common, "--out", str(tmp_path / "csv"))[0] == 2  # the short asset has no model
+    assert _cli(capsys, "score", *common, "--out", str(tmp_path / "parquet"), "--format", "parquet")[0] == 2
+    assert not (tmp_path / "parquet" / "scores.csv").exists()
+
+    schema = pq.read_schema(tmp_path / "parquet" / "scores.parquet")
+    sensors = [name.removeprefix("contrib_") for name in schema.names if name.startswith("contrib_")]
+    assert schema.names[0] == "asset" and schema.equals(fleet_scores_schema(sensors))
+    returned = pq.read_table(tmp_path / "parquet" / "scores.parquet").to_pandas()
+    # "" (quoted: an empty asset id, a set-aside row's timestamp) is a string, an unquoted empty field a null
+    options = pa_csv.ConvertOptions(column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False)
+    expected = pa_csv.read_csv(tmp_path / "csv" / "scores.csv", convert_options=options).to_pandas()
+    assert len(returned) == len(frame) - (frame["asset"] == "../etc").sum()  # one row per input row
+    assert {"P-101", ODD, "short"} <= set(returned["asset"].dropna()) and returned["status"].notna().any()
+    pd.testing.assert_frame_equal(returned, expected)
+    for name in ("anomalies.csv", "fleet.csv"):
+        assert (tmp_path / "parquet" / name).exists()

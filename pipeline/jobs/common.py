@@ -62,10 +62,14 @@ def log_event_plots(
     events: pd.DataFrame,
     folder: Path,
 ) -> None:
-    """Per-sensor shares and expected-vs-measured signals of the top events, as ``plots/event_<id>.png``."""
+    """Per-sensor shares and expected-vs-measured signals of the top events, as ``plots/event_<id>.png``
+    (drawn into a new subfolder of ``folder``, logged in one call)."""
+    drawn = folder / "event-plots"
+    drawn.mkdir()
     for detail in explain.event_details(bundle, table, rows, event, events):
-        path = plots.event_detail(detail, bundle.threshold.value, folder / event_plot(detail.event_id))
-        tracker.log_artifact(path, PLOTS_FOLDER)
+        plots.event_detail(detail, bundle.threshold.value, drawn / event_plot(detail.event_id))
+    if any(drawn.iterdir()):
+        tracker.log_artifacts(drawn, PLOTS_FOLDER)
 
 
 def score_loaded(

@@ -41,19 +41,26 @@ from pipeline.reports.fleet import AssetSummary, fleet_events, fleet_scores_sche
 from pipeline.reports.tables import scores_batches, summarise_events
 from pipeline.serving import scoring_ingest
 from pipeline.store import atomic
-from pipeline.store.names import ANOMALIES_FILE, QUALITY_FILE, SCORES_FILE
+from pipeline.store.names import ANOMALIES_FILE, QUALITY_FILE, scores_file
 from pipeline.tracking import CHAMPION, Tracker
 
 log = logging.getLogger(__name__)
 
 
 def score_fleet_job(
-    inputs: list[str | Path], out_dir: Path, model_name: str, tracking_uri: str | None, ingest: IngestConfig, engine: EngineConfig
+    inputs: list[str | Path],
+    out_dir: Path,
+    model_name: str,
+    tracking_uri: str | None,
+    ingest: IngestConfig,
+    engine: EngineConfig,
+    output_format: str = "csv",
 ) -> FleetOutcome:
     """Score each asset of the inputs with its champion and write the fleet reports into ``out_dir``.
 
     Assets are taken a wave at a time (``fleet_waves``); each wave's scores are spilled to disk
-    and streamed into ``scores.csv`` at the end, so memory follows the wave, not the fleet.
+    and streamed into ``scores.csv`` (or ``scores.parquet``, by ``output_format``: the same
+    columns and rows) at the end, so memory follows the wave, not the fleet.
     """
     tracker = Tracker(tracking_uri, model_name)
     files = discover_files(inputs)
@@ -69,7 +76,8 @@ def score_fleet_job(
             out_dir.mkdir(parents=True, exist_ok=True)
             schema = fleet_scores_schema(list(dict.fromkeys(done.sensors)))
             rejected = pd.concat([f for f in done.set_aside if len(f)] or [empty_rejected()], ignore_index=True)
-            atomic.write_csv_batches(_fleet_batches(done.spills, rejected, schema), schema, out_dir / SCORES_FILE)
+            batches = _fleet_batches(done.spills, rejected, schema)
+            atomic.write_table_batches(batches, schema, out_dir / scores_file(output_format), output_format)
         all_events = fleet_events(done.events)
         reviews = latest_reviews(tracker, model_name)
         if len(reviews) and len(all_events):
