@@ -170,6 +170,7 @@ def test_window_and_event_durations_are_converted_with_the_measured_interval_and
 def test_max_windows_caps_the_training_windows_and_the_report_says_so(tiny_frame):
     config = tiny_config().model_copy(deep=True)
     config.training.max_windows = 50
+    config.model.min_steps_per_epoch = 16  # the default (the tiny configuration turns it off)
     _, report = fit_bundle(_result(tiny_frame), config)
     assert report.rows["train_windows"] == 50 < report.rows["train_windows_available"]
     assert report.rows["train_windows_per_second"] > 0
