@@ -23,9 +23,6 @@ from pipeline.sample_data import Fault, generate
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")
 
-# The tiny configuration keeps batches of 64 however few the windows (min_steps_per_epoch 1):
-# three short epochs are all these tests need, and more steps would only slow the suite.
-
 # Two days a minute apart; the first day is normal, then a step and a spike burst.
 TINY_FAULTS = [
     Fault("step", "discharge_pressure", "2026-10-01 14:00", 3, "step"),
@@ -41,7 +38,6 @@ model:
   latent_dim: 4
   epochs: 3
   batch_size: 64
-  min_steps_per_epoch: 1
   patience: 2
 """
 
@@ -50,7 +46,7 @@ def tiny_config() -> PipelineConfig:
     return PipelineConfig.model_validate(
         {
             "features": {"window_size": 8},
-            "model": {"filters": [8], "latent_dim": 4, "epochs": 3, "batch_size": 64, "min_steps_per_epoch": 1, "patience": 2},
+            "model": {"filters": [8], "latent_dim": 4, "epochs": 3, "batch_size": 64, "patience": 2},
             "training": {"normal_until": TINY_NORMAL_UNTIL},
         }
     )

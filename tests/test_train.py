@@ -170,7 +170,7 @@ def test_window_and_event_durations_are_converted_with_the_measured_interval_and
 def test_max_windows_caps_the_training_windows_and_the_report_says_so(tiny_frame):
     config = tiny_config().model_copy(deep=True)
     config.training.max_windows = 50
-    config.model.min_steps_per_epoch = 16  # the default (the tiny configuration turns it off)
+    config.model.min_steps_per_epoch = 16
     _, report = fit_bundle(_result(tiny_frame), config)
     assert report.rows["train_windows"] == 50 < report.rows["train_windows_available"]
     assert report.rows["train_windows_per_second"] > 0
@@ -185,4 +185,4 @@ def test_few_training_windows_shrink_the_batch_to_keep_the_steps_per_epoch():
     assert training_batch_size(2047, config) == 127
     assert training_batch_size(257, config) == 16  # SKAB's 400 training rows: 17 steps instead of 3
     assert training_batch_size(10, config) == 1  # never below one window
-    assert training_batch_size(257, config.model_copy(update={"min_steps_per_epoch": 1})) == 128  # off: as before
+    assert training_batch_size(257, ModelConfig()) == 128  # the default, 1: off, batches as configured
