@@ -13,6 +13,7 @@ from pipeline.detector.fitting import fit_bundle, normal_mask
 from pipeline.detector.scoring import score_rows
 from pipeline.errors import InputError
 from pipeline.model.autoencoder import build_autoencoder
+from pipeline.model.training import training_batch_size
 from tests.conftest import TINY_NORMAL_UNTIL, tiny_config
 
 
@@ -169,6 +170,19 @@ def test_window_and_event_durations_are_converted_with_the_measured_interval_and
 def test_max_windows_caps_the_training_windows_and_the_report_says_so(tiny_frame):
     config = tiny_config().model_copy(deep=True)
     config.training.max_windows = 50
+    config.model.min_steps_per_epoch = 16
     _, report = fit_bundle(_result(tiny_frame), config)
     assert report.rows["train_windows"] == 50 < report.rows["train_windows_available"]
     assert report.rows["train_windows_per_second"] > 0
+    # 50 windows are too few for 16 steps of 64: batches of 50 // 16 = 3 (17 steps per epoch).
+    assert report.rows["train_batch_size"] == 3
+
+
+def test_few_training_windows_shrink_the_batch_to_keep_the_steps_per_epoch():
+    config = ModelConfig(batch_size=128, min_steps_per_epoch=16)
+    assert training_batch_size(20_000, config) == 128  # plenty of windows: the batch as configured
+    assert training_batch_size(2048, config) == 128  # exactly 16 steps of 128
+    assert training_batch_size(2047, config) == 127
+    assert training_batch_size(257, config) == 16  # SKAB's 400 training rows: 17 steps instead of 3
+    assert training_batch_size(10, config) == 1  # never below one window
+    assert training_batch_size(257, ModelConfig()) == 128  # the default, 1: off, batches as configured

@@ -311,6 +311,7 @@ def calibrate(prepared: Prepared, trained) -> tuple[ModelBundle, FitReport]:
         "train_windows_available": prepared.train_windows_available,
         "train_windows": int(prepared.starts["training"].size),
         "train_windows_per_second": int(trained.windows_per_second),
+        "train_batch_size": int(trained.batch_size),
         "validation_windows": int(prepared.starts["validation"].size),
         "calibration_windows": int(holdout_starts.size),
         "review_context_rows": prepared.review_context_rows,

@@ -234,6 +234,7 @@ class TrainedModel:
     history: dict[str, list[float]]  # per-epoch 'loss' and 'val_loss'
     best_epoch: int  # 1-based epoch whose weights were kept
     windows_per_second: float = 0.0  # training windows fitted per second of model.fit, validation included
+    batch_size: int = 0  # windows per gradient step (``training_batch_size``)
 
 
 def train_autoencoder(
@@ -256,13 +257,21 @@ def train_autoencoder(
         TrainingFailed: a loss became NaN or infinite, or validation loss never improved on its
             first epoch (``check_training``).
     """
-    steps = int(np.ceil(len(train_starts) / config.batch_size))
+    batch_size = training_batch_size(len(train_starts), config)
+    steps = int(np.ceil(len(train_starts) / batch_size))
+    if batch_size < config.batch_size:
+        log.info(
+            "%d training windows: batches of %d, %d steps an epoch (model.min_steps_per_epoch)",
+            len(train_starts),
+            batch_size,
+            steps,
+        )
     model = build_autoencoder(config, window_size, values.shape[1], steps_per_epoch=steps)
     train = WindowFeed(
         values,
         train_starts,
         window_size,
-        config.batch_size,
+        batch_size,
         shuffle_seed=config.seed,
         input_noise=config.input_noise,
         centred=centred,
@@ -287,4 +296,10 @@ def train_autoencoder(
     check_training(history, watch.bad, config, _zero_loss(values, validation_starts, window_size, centred))
     best_epoch = int(np.argmin(history["val_loss"])) + 1
     rate = len(train_starts) * len(history["loss"]) / max(time.perf_counter() - started, 1e-9)
-    return TrainedModel(model=inference_model(model, config), history=history, best_epoch=best_epoch, windows_per_second=rate)
+    return TrainedModel(inference_model(model, config), history, best_epoch, rate, batch_size)
+
+
+def training_batch_size(n_windows: int, config: ModelConfig) -> int:
+    """``model.batch_size``, or smaller when the training windows are too few for
+    ``model.min_steps_per_epoch`` steps per epoch at that size (at least 1)."""
+    return max(1, min(config.batch_size, n_windows // config.min_steps_per_epoch))
