@@ -23,20 +23,19 @@ import pyarrow.parquet as pq
 
 from pipeline.config import IngestConfig
 from pipeline.data.files import discover_files, file_digest
-from pipeline.data.fleet import fleet_waves, validate_asset
-from pipeline.data.loading import LoadedInput, load_input
-from pipeline.detector.bundle import ModelBundle, load_bundle
+from pipeline.data.fleet import fleet_waves
+from pipeline.data.loading import load_input
 from pipeline.detector.latent import code_batches, reconstruction_batches
 from pipeline.detector.scoring import score_rows
 from pipeline.errors import InputError
 from pipeline.jobs.common import describe_inputs, load_registered, log_dataset, warn_set_aside
-from pipeline.jobs.fleet_common import asset_model_name, fleet_ingest_tag
+from pipeline.jobs.fleet_common import champion_input, fleet_ingest_tag
 from pipeline.reports import plots
 from pipeline.reports.latent import latent_batches, latent_schema, principal_plane, reconstructed_batches, reconstructed_schema
 from pipeline.serving import scoring_ingest
 from pipeline.store import atomic
 from pipeline.store.names import LATENT_FILE, LATENT_PLOT, PLOTS_FOLDER, RECONSTRUCTED_FILE
-from pipeline.tracking import CHAMPION, DATASET_SAMPLE_ROWS, Tracker, inputs_digest
+from pipeline.tracking import DATASET_SAMPLE_ROWS, Tracker, inputs_digest
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def _fleet(kind, tracker: Tracker, model_name: str, files, ingest: IngestConfig,
             for asset in wave.assets:
                 rows_in += sum(len(p.frame) for p in wave.pieces[asset])
                 try:
-                    bundle, version, loaded = _asset_input(tracker, model_name, asset, wave.pieces[asset])
+                    bundle, _, version, loaded = champion_input(tracker, model_name, asset, wave.pieces[asset])
                 except InputError as exc:
                     problems.append(f"asset {asset}: not written: {str(exc).removeprefix(f'asset {asset}: ')}")
                     continue
@@ -166,25 +165,14 @@ def _fleet(kind, tracker: Tracker, model_name: str, files, ingest: IngestConfig,
         writer.close()
     if kind == ENCODE and sample:
         _log_plot(tracker, sample, threshold, out_dir, tmp)
-    tracker.set_tags({"model_version": ", ".join(f"{a}={v}" for a, v in versions.items())[:5000]})
     version = ", ".join(f"{a}={v}" for a, v in versions.items())
+    tracker.set_tags({"model_version": version[:5000]})
     return UsesOutcome(run_id, target, rows_in, pq.ParquetFile(target).metadata.num_rows, "", version, [], problems)
 
 
 def _differ(own: pa.Schema, first: pa.Schema) -> str:
     mine, theirs = own.names[3:], first.names[3:]
     return f"{', '.join(mine[:4])} ... against {', '.join(theirs[:4])} ...; encode such assets in separate calls"
-
-
-def _asset_input(tracker: Tracker, model_name: str, asset: str, pieces) -> tuple[ModelBundle, str, LoadedInput]:
-    registered = asset_model_name(model_name, asset)
-    found = tracker.model_version(registered, None, alias=CHAMPION)
-    with tracker.downloaded_bundle(registered, found.version) as folder:
-        bundle = load_bundle(folder)
-    loaded = validate_asset(
-        asset, pieces, scoring_ingest(bundle), bundle.sensors, bundle.timestamp_column, **bundle.input_hints()
-    )
-    return bundle, found.version, loaded
 
 
 def _log_plot(tracker: Tracker, sample: list, threshold: float | None, out_dir: Path, tmp: Path) -> None:

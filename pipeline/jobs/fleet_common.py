@@ -19,18 +19,20 @@ import pandas as pd
 
 from pipeline.config import IngestConfig
 from pipeline.data.assets import asset_key
+from pipeline.data.fleet import validate_asset
 from pipeline.data.ingest import IngestResult
 from pipeline.data.loading import LoadedInput
-from pipeline.detector.bundle import load_bundle
+from pipeline.detector.bundle import ModelBundle, load_bundle
 from pipeline.detector.fitting import FitReport, fit_bundle, fit_shared
 from pipeline.detector.scoring import RowScores, flag_events, score_rows
 from pipeline.engines import Failed, Task
 from pipeline.errors import PipelineError
 from pipeline.reports import plots
 from pipeline.reports.fleet import fleet_table
+from pipeline.serving import scoring_ingest
 from pipeline.store import atomic
 from pipeline.store.names import BUNDLE_FOLDER, FLEET_ALARM_PLOT, FLEET_FILE, FLEET_TIMELINE_PLOT, PLOTS_FOLDER
-from pipeline.tracking import Tracker
+from pipeline.tracking import CHAMPION, Tracker
 
 FLEET_TAG = "fleet"
 ASSET_TAG = "asset"
@@ -103,6 +105,25 @@ def fit_shared_model(tasks: dict[str, Task], config) -> dict[str, tuple[FitRepor
     except PipelineError as exc:
         return {asset: Failed(f"shared model: {exc}") for asset in tasks}
     return {asset: (fit, _packed(bundle)) for asset, (bundle, fit) in fitted.items()}
+
+
+def champion_input(
+    tracker: Tracker, model_name: str, asset: str, pieces: list
+) -> tuple[ModelBundle, BundleFiles, str, LoadedInput]:
+    """An asset's ``@champion`` (its bundle, the bundle's files, its version) and its rows
+    validated as that bundle expects them.
+
+    Raises:
+        InputError: the asset has no champion, or its rows cannot be validated.
+    """
+    registered = asset_model_name(model_name, asset)
+    found = tracker.model_version(registered, None, alias=CHAMPION)
+    with tracker.downloaded_bundle(registered, found.version) as folder:
+        bundle, files = load_bundle(folder), bundle_files(folder)
+    loaded = validate_asset(
+        asset, pieces, scoring_ingest(bundle), bundle.sensors, bundle.timestamp_column, **bundle.input_hints()
+    )
+    return bundle, files, found.version, loaded
 
 
 def fit_task(loaded: LoadedInput, config, in_period: np.ndarray | None, moved: np.ndarray | None = None) -> Task:

@@ -6,7 +6,6 @@ Rows of an asset without a model (or whose rows cannot make a stream) keep their
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import tempfile
@@ -20,8 +19,7 @@ import pyarrow as pa
 from pipeline.config import EngineConfig, IngestConfig, ReviewConfig
 from pipeline.data.assets import empty_rejected
 from pipeline.data.files import discover_files
-from pipeline.data.fleet import FleetInput, fleet_waves, set_aside_whole, validate_asset
-from pipeline.detector.bundle import load_bundle
+from pipeline.data.fleet import FleetInput, fleet_waves, set_aside_whole
 from pipeline.detector.reviews import annotate
 from pipeline.engines import Failed, Task, map_assets, wave_size
 from pipeline.errors import InputError
@@ -30,7 +28,7 @@ from pipeline.jobs.common import describe_inputs
 from pipeline.jobs.fleet_common import (
     asset_model_name,
     asset_tags,
-    bundle_files,
+    champion_input,
     fleet_ingest_tag,
     log_fleet_summary,
     score_asset_task,
@@ -39,10 +37,9 @@ from pipeline.jobs.fleet_train import FleetOutcome
 from pipeline.jobs.review import latest_reviews
 from pipeline.reports.fleet import AssetSummary, fleet_events, fleet_scores_schema, set_aside_batches, with_asset
 from pipeline.reports.tables import scores_batches, summarise_events
-from pipeline.serving import scoring_ingest
 from pipeline.store import atomic
 from pipeline.store.names import ANOMALIES_FILE, QUALITY_FILE, scores_file
-from pipeline.tracking import CHAMPION, Tracker
+from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -108,29 +105,19 @@ def _score_wave(tracker, model_name, run_id, wave: FleetInput, ingest, engine, s
     """Validate and score one wave's assets on the engine; their scores go to ``spill``."""
     for asset in wave.assets:
         done.summaries[asset] = AssetSummary(asset, rows_in=sum(len(p.frame) for p in wave.pieces[asset]))
-    with contextlib.ExitStack() as downloads:
-        ready = {}
-        for asset in wave.assets:
-            try:
-                registered = asset_model_name(model_name, asset)
-                found = tracker.model_version(registered, None, alias=CHAMPION)
-                folder = downloads.enter_context(tracker.downloaded_bundle(registered, found.version))
-                bundle = load_bundle(folder)
-                pieces = wave.pieces[asset]
-                loaded = validate_asset(
-                    asset, pieces, scoring_ingest(bundle), bundle.sensors, bundle.timestamp_column, **bundle.input_hints()
-                )
-            except InputError as exc:
-                reason = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"
-                done.set_aside.append(set_aside_whole(asset, wave.pieces[asset], f"asset {asset} {reason}"))
-                done.summaries[asset].status, done.summaries[asset].rows_set_aside = reason, done.summaries[asset].rows_in
-                continue
-            ready[asset] = (folder, bundle, found.version, loaded)
-        tasks = {asset: Task(loaded.result.table, (bundle_files(folder),)) for asset, (folder, _, _, loaded) in ready.items()}
-        scored = map_assets(score_asset_task, tasks, engine)
+    ready = {}
+    for asset in wave.assets:
+        try:
+            ready[asset] = champion_input(tracker, model_name, asset, wave.pieces[asset])
+        except InputError as exc:
+            reason = f"not scored: {str(exc).removeprefix(f'asset {asset}: ')}"
+            done.set_aside.append(set_aside_whole(asset, wave.pieces[asset], f"asset {asset} {reason}"))
+            done.summaries[asset].status, done.summaries[asset].rows_set_aside = reason, done.summaries[asset].rows_in
+    tasks = {asset: Task(loaded.result.table, (files,)) for asset, (_, files, _, loaded) in ready.items()}
+    scored = map_assets(score_asset_task, tasks, engine)
 
     writer, schema = None, None
-    for asset, (_, bundle, version, loaded) in ready.items():
+    for asset, (bundle, _, version, loaded) in ready.items():
         result = scored[asset]
         if isinstance(result, Failed):
             done.summaries[asset].status = f"not scored: {result.reason}"
