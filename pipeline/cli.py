@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from pipeline.benchmark.commands import add_benchmark_parsers, run_benchmark_command
-from pipeline.config import DEFAULT_MODEL_NAME, PipelineConfig, load_config, with_overrides
+from pipeline.config import DEFAULT_MODEL_NAME, SCORE_CHUNK_ROWS, PipelineConfig, load_config, with_overrides
 from pipeline.errors import InputError, PipelineError
 
 log = logging.getLogger("pipeline")
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="csv",
         dest="output_format",
         help="per-row scores as scores.csv (default) or scores.parquet (same columns, read faster downstream)",
+    )
+    score.add_argument(
+        "--chunk-rows", type=int, default=SCORE_CHUNK_ROWS, metavar="N", help="rows read at a time (default %(default)s; 0: all)"
     )
     _fleet(score)
     _common(score, config=False)
@@ -212,7 +215,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "score":
         from pipeline.jobs.score import score_job  # heavy imports (MLflow, pandas) only once arguments are good
 
-        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri, args.output_format)
+        outcome = score_job(args.input, Path(args.out), args.model_name, args.tracking_uri, args.output_format, args.chunk_rows)
         _print_score(outcome, args.output_format)
         _print_warnings(outcome.warnings)
     elif args.command == "promote":

@@ -24,6 +24,8 @@ from pydantic import (
 from pipeline.errors import InputError
 
 DEFAULT_MODEL_NAME = "anomaly-autoencoder"
+# ``score`` reads long files this many rows at a time (memory stays flat; 0: all at once).
+SCORE_CHUNK_ROWS = 200_000
 
 
 class _Section(BaseModel):

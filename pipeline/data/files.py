@@ -151,6 +151,11 @@ def read_source(name: str, path: Path, config: IngestConfig) -> RawSource:
         frame, row_numbers, set_aside, counts = pivot_tall(table, name, config)
         del table
         return RawSource(name, frame, file_digest(path), row_numbers=row_numbers, set_aside=set_aside, counts=counts)
+    return RawSource(name=name, frame=arrow_frame(table, path), digest=file_digest(path))
+
+
+def arrow_frame(table: pa.Table, path: Path) -> pd.DataFrame:
+    """An Arrow table as read from ``path`` -> a pandas frame of its columns (the Arrow buffers are let go)."""
     try:
         frame = table.to_pandas(split_blocks=True, self_destruct=True)
     except (pa.ArrowException, UnicodeDecodeError) as exc:  # e.g. a Latin-1 header: not UTF-8
@@ -159,7 +164,7 @@ def read_source(name: str, path: Path, config: IngestConfig) -> RawSource:
     # make it a column again, or the timestamp column would not be found.
     if not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None:
         frame = frame.reset_index()
-    return RawSource(name=name, frame=frame, digest=file_digest(path))
+    return frame
 
 
 def _describe_bad_row(path: Path, row: pa_csv.InvalidRow) -> str:
@@ -178,6 +183,32 @@ def _describe_bad_row(path: Path, row: pa_csv.InvalidRow) -> str:
 
 
 def _read_csv(path: Path, config: IngestConfig, bad_rows: list[pa_csv.InvalidRow]) -> pa.Table:
+    options = csv_options(path, config, bad_rows)
+    # Stream block by block: reading the whole file at once holds the raw text and the parsed
+    # columns together (about 4x the file's size at the peak).
+    try:
+        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=STREAM_BLOCK_BYTES), **options)
+        return pa.Table.from_batches(list(reader), schema=reader.schema)
+    except pa.ArrowInvalid as exc:
+        if bad_rows or not is_type_change(exc):
+            raise
+    # The streaming reader fixes column types from the first block; a later block holds text in
+    # a column that looked numeric. Read the whole file at once, which types columns on all rows.
+    return pa_csv.read_csv(path, **options)
+
+
+def is_type_change(exc: pa.ArrowInvalid) -> bool:
+    """A later block of a streamed CSV does not fit the column types the first block gave."""
+    return "conversion error" in str(exc)
+
+
+def csv_options(path: Path, config: IngestConfig, bad_rows: list[pa_csv.InvalidRow]) -> dict:
+    """pyarrow's parse and convert options for a CSV file (its delimiter sniffed from the header);
+    rows with the wrong number of fields are appended to ``bad_rows``.
+
+    Raises:
+        InputError: binary content or no header.
+    """
     with path.open("rb") as handle:
         head = handle.read(64 * 1024)
     if b"\x00" in head:
@@ -186,18 +217,7 @@ def _read_csv(path: Path, config: IngestConfig, bad_rows: list[pa_csv.InvalidRow
     if not header_line.strip():
         raise InputError(f"{path}: file is empty")
     delimiter = config.delimiter or sniff_delimiter(header_line)
-    options = dict(
+    return dict(
         parse_options=pa_csv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: bad_rows.append(row) or "error"),
         convert_options=pa_csv.ConvertOptions(decimal_point=config.decimal, null_values=NULL_MARKERS, strings_can_be_null=True),
     )
-    # Stream block by block: reading the whole file at once holds the raw text and the parsed
-    # columns together (about 4x the file's size at the peak).
-    try:
-        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=STREAM_BLOCK_BYTES), **options)
-        return pa.Table.from_batches(list(reader), schema=reader.schema)
-    except pa.ArrowInvalid as exc:
-        if bad_rows or "conversion error" not in str(exc):
-            raise
-    # The streaming reader fixes column types from the first block; a later block holds text in
-    # a column that looked numeric. Read the whole file at once, which types columns on all rows.
-    return pa_csv.read_csv(path, **options)

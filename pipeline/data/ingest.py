@@ -77,6 +77,7 @@ class IngestResult:
     dayfirst: bool | None = None  # the order the numeric dates were read in (None: no numeric dates)
     sensor_intervals: dict[str, float] = field(default_factory=dict)  # each sensor's own interval, seconds
     held_values: dict[str, int] = field(default_factory=dict)  # per sensor: missing values held (sample-and-hold)
+    held_sensors: list[str] = field(default_factory=list)  # the sensors slower than the table, whose readings are held
 
 
 __all__ = ["IngestResult", "missing_runs", "validate"]
@@ -182,6 +183,7 @@ def validate(
         dayfirst=orders.pop() if len(orders) == 1 else None,
         sensor_intervals=measured if intervals is None else {s: own.get(s, measured.get(s, 0.0)) for s in sensors},
         held_values=held,
+        held_sensors=sorted(slow),
     )
 
 

@@ -21,6 +21,7 @@ is stale when a sensor has been past the limits for ``drift.stale_batches`` batc
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,19 +67,43 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def sensor_figures(reference: dict, column: np.ndarray) -> dict[str, float]:
     """``FIGURES`` and ``rows`` of one sensor's batch values against its reference."""
+    return figures_from_counts(reference, sensor_counts(reference, column))
+
+
+def sensor_counts(reference: dict, column: np.ndarray) -> dict[str, Any]:
+    """What ``FIGURES`` are computed from, added up over pieces of a batch (``add_counts``):
+    finite values, their sum, per training bin and outside the training range."""
     column = column[np.isfinite(column)]
-    if column.size == 0:
-        return {"rows": 0}
     edges = np.asarray(reference["edges"])
-    shares = np.bincount(np.searchsorted(edges, column, side="right"), minlength=edges.size + 1) / column.size
-    std = reference["std"]
-    shift = (column.mean() - reference["mean"]) / std if std > 0 else (0.0 if column.mean() == reference["mean"] else np.inf)
-    outside = float(np.mean((column < reference["min"]) | (column > reference["max"])))
     return {
         "rows": int(column.size),
+        "sum": float(column.sum()),
+        "bins": np.bincount(np.searchsorted(edges, column, side="right"), minlength=edges.size + 1).tolist(),
+        "outside": int(((column < reference["min"]) | (column > reference["max"])).sum()),
+    }
+
+
+def add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two pieces' ``sensor_counts`` as one."""
+    return {
+        "rows": a["rows"] + b["rows"],
+        "sum": a["sum"] + b["sum"],
+        "bins": [x + y for x, y in zip(a["bins"], b["bins"])],
+        "outside": a["outside"] + b["outside"],
+    }
+
+
+def figures_from_counts(reference: dict, counts: dict[str, Any]) -> dict[str, float]:
+    n = counts["rows"]
+    if n == 0:
+        return {"rows": 0}
+    mean, std = counts["sum"] / n, reference["std"]
+    shift = (mean - reference["mean"]) / std if std > 0 else (0.0 if mean == reference["mean"] else np.inf)
+    return {
+        "rows": int(n),
         "mean_shift_sigma": float(shift),
-        "psi": psi(reference["shares"], shares),
-        "outside_range_share": outside,
+        "psi": psi(reference["shares"], np.asarray(counts["bins"]) / n),
+        "outside_range_share": counts["outside"] / n,
     }
 
 
@@ -103,13 +128,27 @@ def drift_report(reference: dict[str, dict] | None, table: pd.DataFrame, sensors
     past_limits}}, "drifting": [sensors past a limit], "limits": {...}}``; ``{"computed": false,
     "reason": ...}`` without a reference (a model trained before drift was measured).
     """
+    return report_from_counts(reference, batch_counts(reference, table, sensors), limits)
+
+
+def batch_counts(reference: dict[str, dict] | None, table: pd.DataFrame, sensors: list[str]) -> dict[str, dict]:
+    """``sensor_counts`` of each referenced sensor of a batch (or of a piece of it)."""
+    if not reference:
+        return {}
+    return {
+        sensor: sensor_counts(reference[sensor], table[sensor].to_numpy(dtype=np.float64))
+        for sensor in sensors
+        if sensor in reference and sensor in table.columns
+    }
+
+
+def report_from_counts(reference: dict[str, dict] | None, counts: dict[str, dict], limits: DriftConfig) -> dict:
+    """``drift_report`` of a batch from its (added-up) ``batch_counts``."""
     if not reference:
         return {"computed": False, "reason": "the model has no training reference (trained before drift was measured)"}
     per_sensor = {}
-    for sensor in sensors:
-        if sensor not in reference or sensor not in table.columns:
-            continue
-        figures = sensor_figures(reference[sensor], table[sensor].to_numpy(dtype=np.float64))
+    for sensor, sensor_total in counts.items():
+        figures = figures_from_counts(reference[sensor], sensor_total)
         per_sensor[sensor] = {**figures, "past_limits": past_limits(figures, limits)}
     drifting = [s for s, f in per_sensor.items() if f["past_limits"]]
     return {"computed": True, "sensors": per_sensor, "drifting": drifting, "limits": limits.model_dump()}

@@ -28,7 +28,7 @@ import pandas as pd
 from pipeline.config import EventsConfig
 from pipeline.data.ingest import IngestResult
 from pipeline.detector.events import EventStats, decide_events, event_stats
-from pipeline.detector.scoring import score_rows
+from pipeline.detector.scoring import RowScores, score_rows
 from pipeline.utc import iso_ns, iso_utc, utc_ns
 
 if TYPE_CHECKING:
@@ -139,6 +139,10 @@ def empty_pending(sensors: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
+def _no_scores(n_sensors: int) -> RowScores:
+    return RowScores(np.zeros(0, np.float32), np.zeros((0, n_sensors), np.float32), np.zeros(0, np.int64))
+
+
 def global_segments(segment_ext: np.ndarray, n_context: int, last_segment: int | None) -> np.ndarray:
     """Segment numbers of a batch's rows over the whole stream.
 
@@ -200,7 +204,12 @@ class StreamStep:
 
 
 def advance(
-    bundle: ModelBundle, table: pd.DataFrame, carry: Carry, events: EventsConfig, batch_size: int | None = None
+    bundle: ModelBundle,
+    table: pd.DataFrame,
+    carry: Carry,
+    events: EventsConfig,
+    batch_size: int | None = None,
+    ending_stream: bool = False,
 ) -> StreamStep:
     """Score and decide one batch of clean rows (time-sorted, after ``carry``'s last time).
 
@@ -212,7 +221,7 @@ def advance(
     n_ctx = len(context)
     rows = table[["timestamp", *sensors]]
     ext = pd.concat([context, rows], ignore_index=True) if n_ctx else rows
-    scored = score_rows(bundle, ext, batch_size, progress=True)
+    scored = score_rows(bundle, ext, batch_size, progress=True) if len(ext) else _no_scores(len(sensors))
     segment = global_segments(scored.segment, n_ctx, carry.last_segment)
 
     # Held-back rows, then this batch's rows.
@@ -229,7 +238,7 @@ def advance(
     threshold = bundle.threshold.value
     open_id = carry.open_event.event_id if carry.open_event else None
     decision = decide_events(score, all_segment, threshold, events, open_id, carry.open_segment, carry.next_event_id)
-    k = decision.n_decided
+    k = len(score) if ending_stream else decision.n_decided
     event = decision.event[:k]
 
     # Running figures of the events touched, continuing the carried one.
@@ -276,3 +285,10 @@ def advance(
         rows_from_earlier_batches=min(k, n_pending),
         rows_held=len(held),
     )
+
+
+def finish(bundle: ModelBundle, carry: Carry, events: EventsConfig) -> StreamStep:
+    """Decide the held-back rows as the end of the stream (``score``'s last chunk): no later row
+    can extend an event any more, so every row gets the flag one pass over the whole series gives."""
+    no_rows = carry.context.iloc[:0].assign(source=pd.Series([], dtype=object), row=pd.Series([], dtype=np.int64))
+    return advance(bundle, no_rows, carry, events, ending_stream=True)

@@ -53,20 +53,12 @@ def log_dataset(tracker: Tracker, loaded: LoadedInput, paths: list[Path], name: 
     tracker.log_dataset(sample, name, inputs_digest(loaded.digests), paths, context, n_rows=len(table))
 
 
-def log_event_plots(
-    tracker: Tracker,
-    bundle: ModelBundle,
-    table: pd.DataFrame,
-    rows: RowScores,
-    event: np.ndarray,
-    events: pd.DataFrame,
-    folder: Path,
-) -> None:
-    """Per-sensor shares and expected-vs-measured signals of the top events, as ``plots/event_<id>.png``
-    (drawn into a new subfolder of ``folder``, logged in one call)."""
+def log_event_plots(tracker: Tracker, bundle: ModelBundle, details: list[explain.EventDetail], folder: Path) -> None:
+    """Per-sensor shares and expected-vs-measured signals of the top events (``explain.event_details``),
+    as ``plots/event_<id>.png`` (drawn into a new subfolder of ``folder``, logged in one call)."""
     drawn = folder / "event-plots"
     drawn.mkdir()
-    for detail in explain.event_details(bundle, table, rows, event, events):
+    for detail in details:
         plots.event_detail(detail, bundle.threshold.value, drawn / event_plot(detail.event_id))
     if any(drawn.iterdir()):
         tracker.log_artifacts(drawn, PLOTS_FOLDER)

@@ -9,7 +9,7 @@ import pandas as pd
 
 from pipeline.config import DriftConfig
 from pipeline.detector.bundle import ModelBundle
-from pipeline.detector.drift import advance_streaks, drift_metrics, drift_report, stale_sensors
+from pipeline.detector.drift import advance_streaks, batch_counts, drift_metrics, report_from_counts, stale_sensors
 from pipeline.reports.fleet import AssetSummary
 from pipeline.store.state import RunState
 from pipeline.tracking import TAG_LIMIT, Tracker
@@ -22,8 +22,13 @@ _said = False  # a model without a training reference is said once per process
 def batch_drift(bundle: ModelBundle, table: pd.DataFrame, limits: DriftConfig) -> dict:
     """The batch's drift report for ``quality.json`` (``drift_report``); a model trained before drift
     was measured gets ``computed: false``, and one log line per process saying so."""
+    return counted_drift(bundle, batch_counts(bundle.sensor_reference, table, bundle.sensors), limits)
+
+
+def counted_drift(bundle: ModelBundle, counts: dict, limits: DriftConfig) -> dict:
+    """``batch_drift`` of a batch from its ``batch_counts`` added up over its pieces."""
     global _said
-    report = drift_report(bundle.sensor_reference, table, bundle.sensors, limits)
+    report = report_from_counts(bundle.sensor_reference, counts, limits)
     if not report["computed"] and not _said:
         log.warning("drift not computed: %s; train a new version to measure it", report["reason"])
         _said = True

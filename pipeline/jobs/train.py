@@ -26,7 +26,7 @@ from pipeline.jobs.common import (
     warn_set_aside,
 )
 from pipeline.jobs.review import latest_reviews, verdict_moves
-from pipeline.reports import describe, plots
+from pipeline.reports import describe, explain, plots
 from pipeline.store import atomic
 from pipeline.store.names import (
     BUNDLE_FOLDER,
@@ -144,7 +144,7 @@ def record_fit(
         rows, event, events = score_loaded(saved, loaded, "", run_id)
         plot = plots.score_plot(table["timestamp"], table["source"], rows.score, threshold.value, events, tmp_dir / SCORES_PLOT)
         tracker.log_artifact(plot, PLOTS_FOLDER)
-        log_event_plots(tracker, saved, table, rows, event, events, tmp_dir)
+        log_event_plots(tracker, saved, explain.event_details(saved, table, rows, event, events), tmp_dir)
         example = serving.input_example(loaded.result, saved)
         example_output = serving.predict_frame(saved, example)
         version, alias = tracker.register_model(folder, registered_name, run_id, example, example_output, tags)

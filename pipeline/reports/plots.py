@@ -16,7 +16,8 @@ MAX_PANELS = 8
 MAX_POINTS = 20_000  # per source; longer series are reduced to bin maxima so peaks survive
 
 
-def _peak_preserving(timestamps: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def peak_preserving(timestamps: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``MAX_POINTS`` points of a score line: each bin's highest score, so peaks survive."""
     if score.size <= MAX_POINTS:
         return timestamps, score
     bins = np.array_split(np.arange(score.size), MAX_POINTS)
@@ -67,7 +68,7 @@ def score_plot(
     fig.subplots_adjust(left=0.07, right=0.99, top=1 - 0.3 / height, bottom=0.55 / height, hspace=0.45 / panel)
     for code, (ax, name) in enumerate(zip(axes[:, 0], names)):
         mask = codes == code
-        x, y = _peak_preserving(times[mask], score[mask])
+        x, y = peak_preserving(times[mask], score[mask])
         ax.plot(x, y, lw=0.7, color="tab:blue", label="score")
         ax.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:.3g}")
         for _, event in events[events["source"] == name].iterrows():
