@@ -32,7 +32,6 @@ import pyarrow.parquet as pq
 from pipeline.config import IngestConfig
 from pipeline.data.files import (
     PARQUET_SUFFIXES,
-    STREAM_BLOCK_BYTES,
     RawSource,
     arrow_frame,
     csv_options,
@@ -45,6 +44,7 @@ from pipeline.errors import InputError
 from pipeline.utc import utc_ns
 
 PARQUET_BATCH_ROWS = 65_536
+CHUNK_BLOCK_BYTES = 1 << 20
 
 
 class NotChunkable(Exception):
@@ -106,14 +106,14 @@ def _raw_chunks(
     name: str, path: Path, config: IngestConfig, sensors: list[str], timestamp_column: str, chunk_rows: int, digest: str
 ) -> Iterator[RawSource]:
     """Consecutive pieces of one file of at least ``chunk_rows`` rows (the last may be shorter),
-    each starting at a row with every sensor present."""
+    each starting at a row with every sensor present (a piece runs on until the next such row)."""
     if not path.is_file() or path.stat().st_size == 0:
         yield read_source(name, path, config)  # raises the one-line error
         return
     offset, held = 0, []
     for batch in _batches(path, config):
         held.append(batch)
-        while sum(b.num_rows for b in held) >= 2 * chunk_rows:
+        while sum(b.num_rows for b in held) > chunk_rows:
             table = pa.Table.from_batches(held)
             cut = _cut_row(table, sensors, chunk_rows)
             if cut is None:  # no row with every sensor yet: read on
@@ -148,7 +148,8 @@ def _batches(path: Path, config: IngestConfig) -> Iterator[pa.RecordBatch]:
             yield from pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH_ROWS)
             return
         options = csv_options(path, config, bad_rows)
-        yield from pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=STREAM_BLOCK_BYTES), **options)
+        # Small blocks: what the reader holds ahead is a few blocks, beside the chunk.
+        yield from pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=CHUNK_BLOCK_BYTES), **options)
     except pa.ArrowInvalid as exc:
         if not bad_rows and is_type_change(exc):
             raise NotChunkable(f"{path}: a later block does not fit the column types of the first") from None

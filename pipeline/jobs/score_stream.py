@@ -105,6 +105,8 @@ class ScoreStream:
             step = advance(bundle, result.table, carry, bundle.config.events)
             yield from self._decided(step, result.rejected, sensors, timestamp_column)
             carry = step.carry
+            del chunk, result, step
+            pa.default_memory_pool().release_unused()  # Arrow keeps freed buffers for reuse otherwise
         step = finish(bundle, carry, bundle.config.events)
         yield from self._decided(step, None, sensors, timestamp_column)
         self._close_events(last=True)

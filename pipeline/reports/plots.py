@@ -17,11 +17,14 @@ MAX_POINTS = 20_000  # per source; longer series are reduced to bin maxima so pe
 
 
 def peak_preserving(timestamps: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``MAX_POINTS`` points of a score line: each bin's highest score, so peaks survive."""
+    """At most ``MAX_POINTS`` points of a score line: each bin's highest score (its first row when
+    all are NaN), so peaks survive; bins of equal width, in one NumPy pass (no loop per bin)."""
     if score.size <= MAX_POINTS:
         return timestamps, score
-    bins = np.array_split(np.arange(score.size), MAX_POINTS)
-    picks = np.array([b[np.nanargmax(score[b])] if not np.all(np.isnan(score[b])) else b[0] for b in bins])
+    width = -(-score.size // MAX_POINTS)
+    padded = np.full(-(-score.size // width) * width, -np.inf)
+    padded[: score.size] = np.nan_to_num(score.astype(np.float64), nan=-np.inf)
+    picks = np.argmax(padded.reshape(-1, width), axis=1) + np.arange(0, padded.size, width)
     return timestamps[picks], score[picks]
 
 
