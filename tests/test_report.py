@@ -136,3 +136,18 @@ def test_reports_are_written_readable_by_others(tmp_path):
         os.umask(old)
     assert oct(path.stat().st_mode & 0o777) == oct(0o644)
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_score_plot_points_keep_every_bins_peak():
+    from pipeline.reports.plots import MAX_POINTS, peak_preserving
+
+    n = 5 * MAX_POINTS + 3
+    score = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    score[12_345] = 50.0  # a one-row spike
+    score[-2:] = np.nan  # an all-NaN last bin keeps its first row
+    times = np.arange(n)
+    picked_times, picked = peak_preserving(times, score)
+    assert len(picked) <= MAX_POINTS and 50.0 in picked
+    # Bins of 6 rows: the one before the last peaks at row n - 3; the last holds only row n - 1 (NaN).
+    assert np.all(np.diff(picked_times) > 0) and list(picked_times[-2:]) == [n - 3, n - 1]
+    np.testing.assert_array_equal(score[picked_times], picked)

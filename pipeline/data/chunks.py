@@ -19,6 +19,8 @@ either way, only the memory differs.
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +47,46 @@ from pipeline.utc import utc_ns
 
 PARQUET_BATCH_ROWS = 65_536
 CHUNK_BLOCK_BYTES = 1 << 20
+
+
+def read_ahead(chunks: Iterator[Chunk]) -> Iterator[Chunk]:
+    """``chunks`` with the next one read and validated in a thread while the caller works on the
+    current one (parsing and validation then overlap scoring and writing); its errors are raised here."""
+    ahead: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                while not stop.is_set():
+                    try:
+                        ahead.put(("chunk", chunk), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ahead.put(("error", exc))
+
+    worker = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:  # the caller stopped early, or is done: let the thread end, even if blocked on a full queue
+        stop.set()
+        while worker.is_alive():
+            try:
+                ahead.get(timeout=0.1)
+            except queue.Empty:
+                pass
 
 
 class NotChunkable(Exception):
@@ -105,15 +147,17 @@ def validated_chunks(
 def _raw_chunks(
     name: str, path: Path, config: IngestConfig, sensors: list[str], timestamp_column: str, chunk_rows: int, digest: str
 ) -> Iterator[RawSource]:
-    """Consecutive pieces of one file of at least ``chunk_rows`` rows (the last may be shorter),
-    each starting at a row with every sensor present (a piece runs on until the next such row)."""
+    """Consecutive pieces of one file of ``chunk_rows`` to about twice as many rows, each
+    starting at a row with every sensor present (a piece runs on until the next such row)."""
     if not path.is_file() or path.stat().st_size == 0:
         yield read_source(name, path, config)  # raises the one-line error
         return
     offset, held = 0, []
     for batch in _batches(path, config):
         held.append(batch)
-        while sum(b.num_rows for b in held) > chunk_rows:
+        # Cut only with another chunk's worth behind the cut: a short last piece could measure
+        # another sampling interval than all rows do (and hold other sensors).
+        while sum(b.num_rows for b in held) >= 2 * chunk_rows:
             table = pa.Table.from_batches(held)
             cut = _cut_row(table, sensors, chunk_rows)
             if cut is None:  # no row with every sensor yet: read on

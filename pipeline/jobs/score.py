@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.config import SCORE_CHUNK_ROWS, to_yaml
-from pipeline.data.chunks import Chunk, NotChunkable, validated_chunks
+from pipeline.data.chunks import Chunk, NotChunkable, read_ahead, validated_chunks
 from pipeline.data.files import discover_files
 from pipeline.data.loading import load_input
 from pipeline.data.quality import QualitySummary, quality_figures
@@ -96,7 +96,8 @@ def _score_into(
     try:
         if not chunk_rows:
             raise NotChunkable("reading all at once (chunk_rows 0)")
-        chunks = validated_chunks(files, ingest, bundle.sensors, bundle.timestamp_column, chunk_rows, **bundle.input_hints())
+        validated = validated_chunks(files, ingest, bundle.sensors, bundle.timestamp_column, chunk_rows, **bundle.input_hints())
+        chunks = read_ahead(validated)  # the next chunk is read while this one is scored and written
         totals = _write_scores(bundle, chunks, [name for name, _ in files], out_dir, output_format)
     except NotChunkable as why:
         log.info("scoring all rows in one piece: %s", why)
