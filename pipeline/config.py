@@ -24,8 +24,7 @@ from pydantic import (
 from pipeline.errors import InputError
 
 DEFAULT_MODEL_NAME = "anomaly-autoencoder"
-# ``score`` reads long files this many rows at a time (memory stays flat; 0: all at once).
-SCORE_CHUNK_ROWS = 200_000
+SCORE_CHUNK_ROWS = 200_000  # score reads long files this many rows at a time (flat memory; 0: all at once)
 
 
 class _Section(BaseModel):

@@ -215,6 +215,7 @@ def advance(
 
     The carried context rows give the first rows their full windows; held-back rows of the
     previous batch are decided with this one; an event open at the last batch edge goes on.
+    With ``ending_stream`` no row follows this batch: every row is decided (``finish``).
     """
     sensors = bundle.sensors
     context = carry.context
