@@ -34,6 +34,8 @@ from pipeline.reports.tables import events_frame, scores_batches
 from pipeline.tracking import DATASET_SAMPLE_ROWS
 from pipeline.utc import utc_ns
 
+PLOT_POINTS_PER_CHUNK = 2_000
+
 
 @dataclass
 class StreamTotals:
@@ -189,7 +191,9 @@ class ScoreStream:
         return (rank < frontier[0]) | ((rank == frontier[0]) & (row < frontier[1]))
 
     def _keep_plot_points(self, step: StreamStep) -> None:
-        times, scores = plots.peak_preserving(np.arange(len(step.score)), step.score)
+        # A few thousand per chunk (each bin's peak): the points of millions of rows, kept
+        # whole, would grow with the rows; the plot reduces them again.
+        times, scores = plots.peak_preserving(np.arange(len(step.score)), step.score, PLOT_POINTS_PER_CHUNK)
         self.totals.plot_times.append(step.timestamp_ns[times])
         self.totals.plot_sources.append(step.source[times])
         self.totals.plot_scores.append(scores)

@@ -16,12 +16,12 @@ MAX_PANELS = 8
 MAX_POINTS = 20_000  # per source; longer series are reduced to bin maxima so peaks survive
 
 
-def peak_preserving(timestamps: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most ``MAX_POINTS`` points of a score line: each bin's highest score (its first row when
+def peak_preserving(timestamps: np.ndarray, score: np.ndarray, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_points`` points of a score line: each bin's highest score (its first row when
     all are NaN), so peaks survive; bins of equal width, in one NumPy pass (no loop per bin)."""
-    if score.size <= MAX_POINTS:
+    if score.size <= max_points:
         return timestamps, score
-    width = -(-score.size // MAX_POINTS)
+    width = -(-score.size // max_points)
     padded = np.full(-(-score.size // width) * width, -np.inf)
     padded[: score.size] = np.nan_to_num(score.astype(np.float64), nan=-np.inf)
     picks = np.argmax(padded.reshape(-1, width), axis=1) + np.arange(0, padded.size, width)
