@@ -56,11 +56,11 @@ def test_average_epochs_keeps_the_mean_weights_of_the_epochs_ending_at_the_best(
 def test_min_train_steps_raises_the_epochs_and_average_epochs_changes_the_kept_model():
     values = np.random.default_rng(0).normal(size=(400, 2)).astype("float32")
     base = ModelConfig(filters=[4], latent_dim=2, epochs=1, batch_size=100, patience=1, seed=0)
-    config = base.model_copy(update={"min_train_steps": 10})  # 300 windows in batches of 100: 3 steps an epoch
+    config = base.model_copy(update={"min_train_steps": 7})  # 300 windows in batches of 100: 3 steps an epoch
     train, validation = np.arange(0, 300), np.arange(310, 390)
     trained = train_autoencoder(values, train, validation, 8, config)
-    assert len(trained.history["loss"]) == 4  # ceil(10 / 3) epochs, though model.epochs is 1
-    averaged = train_autoencoder(values, train, validation, 8, config.model_copy(update={"average_epochs": 4}))
+    assert len(trained.history["loss"]) == 3  # ceil(7 / 3) epochs, though model.epochs is 1
+    averaged = train_autoencoder(values, train, validation, 8, config.model_copy(update={"average_epochs": 3}))
     assert averaged.history == trained.history  # the same training ...
     windows = np.stack([values[s : s + 8] for s in validation])
     rebuilt = averaged.model.predict(windows, verbose=0)
