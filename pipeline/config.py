@@ -178,14 +178,15 @@ class ModelConfig(_Section):
     vae_samples: int = Field(default=16, ge=1)  # vae_score nll: latent draws per window (fixed, so scores repeat)
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    # Few training windows: the batch shrinks so that an epoch still takes at least this many
-    # gradient steps (patience and epochs then mean some learning on a few hundred windows too).
-    # 1 = off, the default: 16 trains SKAB's models properly but did not hold over seeds (README).
+    # Few training windows: the batch shrinks so that an epoch still takes at least this many gradient
+    # steps. 1 = off, the default: 16 trains SKAB's models properly but did not hold over seeds (README).
     min_steps_per_epoch: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"  # cosine decay over the epochs, or halve on plateaus
     clipnorm: float | None = Field(default=None, gt=0)  # gradient clipping: largest gradient norm (null = none)
     patience: int = Field(default=5, ge=1)  # early stopping on validation loss
+    min_train_steps: int = Field(default=0, ge=0)  # early stopping waits this many gradient steps (epochs rise to match; 0 = off)
+    average_epochs: int = Field(default=1, ge=1)  # keep the mean weights of this many epochs ending at the best (1 = off)
     input_noise: float = Field(default=0.0, ge=0)  # denoising: std of Gaussian noise on training inputs (scaled units)
     seed: int = 42
 

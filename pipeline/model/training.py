@@ -179,6 +179,47 @@ class _Watch(keras.callbacks.Callback):
                 self.model.stop_training = True
 
 
+class _EarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras's early stopping on ``val_loss`` with the best epoch's weights restored, which may not
+    stop before ``min_epochs`` epochs (every epoch still competes for best, unlike Keras's
+    ``start_from_epoch``, which ignores the epochs before it), and, with ``average`` > 1, keeps
+    the weights of the last ``average`` epochs and of the ``average`` ending at the best one, so
+    that ``averaged_weights`` can take the mean of the latter."""
+
+    def __init__(self, patience: int, min_epochs: int = 0, average: int = 1):
+        super().__init__(monitor="val_loss", patience=patience, restore_best_weights=True)
+        self.min_epochs, self.average = min_epochs, average
+        self.kept: dict[int, list[np.ndarray]] = {}  # 0-based epoch -> its weights (average > 1 only)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.kept = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        stopping = self.model.stop_training  # already stopped by another callback (a NaN loss): leave it so
+        super().on_epoch_end(epoch, logs)
+        if not stopping and self.model.stop_training and epoch + 1 < self.min_epochs:
+            self.model.stop_training, self.stopped_epoch = False, 0
+        if self.average > 1:
+            self.kept[epoch] = self.model.get_weights()
+            window = range(self.best_epoch - self.average + 1, self.best_epoch + 1)  # the best one's
+            for old in [e for e in self.kept if e <= epoch - self.average and e not in window]:
+                del self.kept[old]  # in neither the best epoch's window nor a later best's
+
+    def averaged_weights(self) -> tuple[list[np.ndarray], int] | None:
+        """The mean weights of the ``average`` epochs ending at the best one (those kept), and how
+        many epochs that was; ``None`` when averaging is off or only the best epoch is at hand."""
+        epochs = [e for e in range(self.best_epoch - self.average + 1, self.best_epoch + 1) if e in self.kept]
+        if self.average == 1 or len(epochs) < 2:
+            return None
+        best = self.kept[self.best_epoch]
+        mean = [
+            np.mean([self.kept[e][i] for e in epochs], axis=0).astype(w.dtype) if np.issubdtype(w.dtype, np.floating) else w
+            for i, w in enumerate(best)  # non-float state (a seed) as in the best epoch
+        ]
+        return mean, len(epochs)
+
+
 BASELINE_FACTOR = 2.0  # a validation loss this many times that of an all-zeros reconstruction: diverged
 
 HINT = (
@@ -266,6 +307,10 @@ def train_autoencoder(
             batch_size,
             steps,
         )
+    min_epochs = -(-config.min_train_steps // steps)  # whole epochs holding min_train_steps steps
+    if min_epochs > config.epochs:
+        log.info("model.min_train_steps %d: at least %d epochs of %d steps", config.min_train_steps, min_epochs, steps)
+        config = config.model_copy(update={"epochs": min_epochs})
     model = build_autoencoder(config, window_size, values.shape[1], steps_per_epoch=steps)
     train = WindowFeed(
         values,
@@ -277,7 +322,7 @@ def train_autoencoder(
         centred=centred,
     )
     validation = WindowFeed(values, validation_starts, window_size, config.batch_size, centred=centred)
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    stop = _EarlyStopping(config.patience, min_epochs, config.average_epochs)
     watch = _Watch()
     callbacks = [train.callback(), watch, stop]
     if config.lr_schedule == "plateau":
@@ -295,6 +340,10 @@ def train_autoencoder(
     history = {key: [float(v) for v in values_] for key, values_ in fitted.history.items() if key != "learning_rate"}
     check_training(history, watch.bad, config, _zero_loss(values, validation_starts, window_size, centred))
     best_epoch = int(np.argmin(history["val_loss"])) + 1
+    averaged = stop.averaged_weights()
+    if averaged is not None:
+        model.set_weights(averaged[0])
+        log.info("kept the mean weights of epochs %d-%d (model.average_epochs)", best_epoch - averaged[1] + 1, best_epoch)
     rate = len(train_starts) * len(history["loss"]) / max(time.perf_counter() - started, 1e-9)
     return TrainedModel(inference_model(model, config), history, best_epoch, rate, batch_size)
 
