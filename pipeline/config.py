@@ -178,8 +178,7 @@ class ModelConfig(_Section):
     vae_samples: int = Field(default=16, ge=1)  # vae_score nll: latent draws per window (fixed, so scores repeat)
     epochs: int = Field(default=30, ge=1)
     batch_size: int = Field(default=128, ge=1)
-    # Few training windows: the batch shrinks so that an epoch still takes at least this many gradient
-    # steps. 1 = off, the default: 16 trains SKAB's models properly but did not hold over seeds (README).
+    # Few training windows: the batch shrinks so that an epoch takes this many steps (1 = off; README).
     min_steps_per_epoch: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine", "plateau"] = "constant"  # cosine decay over the epochs, or halve on plateaus
