@@ -120,7 +120,7 @@ def validated_chunks(
         raise NotChunkable("a tall layout or ingest.resample needs the whole table")
     last_ns: int | None = None
     for name, path in files:
-        digest = file_digest(path)
+        digest = file_digest(path) if path.is_file() else ""  # a vanished file: read_source names it below
         first: IngestResult | None = None
         for source in _raw_chunks(name, path, ingest, sensors, timestamp_column, chunk_rows, digest):
             present = [s for s in sensors if s in source.frame.columns]
