@@ -40,6 +40,29 @@ def load_input(
     ``dayfirst`` and ``intervals`` are a model's date order and per-sensor intervals
     (``pipeline.data.ingest.validate``); ``None`` decides and measures them from the data.
     """
+    result, digests = read_validated(files, ingest, sensors, timestamp_column, dayfirst, intervals)
+    report = quality_report(result, ingest.flatline_rows, ingest.max_set_aside_share)
+    counts = result.counts
+    log.info(
+        "ingested %d rows from %d file(s): %d clean, %d repaired, %d set aside",
+        counts["rows_in"],
+        len(files),
+        counts["rows_clean"],
+        counts["rows_repaired"],
+        counts["rows_quarantined"],
+    )
+    return LoadedInput(result, report, digests, [name for name, _ in files])
+
+
+def read_validated(
+    files: list[tuple[str, Path]],
+    ingest: IngestConfig,
+    sensors: list[str] | None = None,
+    timestamp_column: str | None = None,
+    dayfirst: bool | None = None,
+    intervals: dict[str, float] | None = None,
+) -> tuple[IngestResult, dict[str, str]]:
+    """``load_input`` without the quality report: the validated files and their digests."""
     digests: dict[str, str] = {}
 
     def one_at_a_time() -> Iterator[RawSource]:  # validate lets go of each raw file once it is normalised
@@ -54,14 +77,4 @@ def load_input(
     result = validate(
         one_at_a_time(), ingest, sensors=sensors, timestamp_column=timestamp_column, dayfirst=dayfirst, intervals=intervals
     )
-    report = quality_report(result, ingest.flatline_rows, ingest.max_set_aside_share)
-    counts = result.counts
-    log.info(
-        "ingested %d rows from %d file(s): %d clean, %d repaired, %d set aside",
-        counts["rows_in"],
-        len(files),
-        counts["rows_clean"],
-        counts["rows_repaired"],
-        counts["rows_quarantined"],
-    )
-    return LoadedInput(result, report, digests, [name for name, _ in files])
+    return result, digests

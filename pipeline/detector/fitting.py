@@ -75,18 +75,29 @@ def normal_mask(
     elif config.training.normal_first and len(table):
         first = table["timestamp"].iloc[0]
         mask &= (table["timestamp"] < first + pd.Timedelta(config.training.normal_first)).to_numpy()
-    if config.training.normal_until:
-        try:
-            until = pd.Timestamp(config.training.normal_until)
-        except ValueError:
-            raise InputError(f"--normal-until: cannot parse '{config.training.normal_until}' as a timestamp") from None
-        until = until.tz_localize(config.ingest.source_timezone) if until.tzinfo is None else until
-        mask &= (table["timestamp"] < until.tz_convert("UTC")).to_numpy()
+    until = normal_until_utc(config)
+    if until is not None:
+        mask &= (table["timestamp"] < until).to_numpy()
     if config.ingest.label_column:
         mask &= (table["label"] == 0).to_numpy()
     if moved is not None:
         mask = (mask | (moved > 0)) & (moved >= 0)
     return mask
+
+
+def normal_until_utc(config: PipelineConfig) -> pd.Timestamp | None:
+    """``training.normal_until`` in UTC (a time without a zone is read in ``ingest.source_timezone``).
+
+    Raises:
+        InputError: it does not parse as a timestamp.
+    """
+    if not config.training.normal_until:
+        return None
+    try:
+        until = pd.Timestamp(config.training.normal_until)
+    except ValueError:
+        raise InputError(f"--normal-until: cannot parse '{config.training.normal_until}' as a timestamp") from None
+    return (until.tz_localize(config.ingest.source_timezone) if until.tzinfo is None else until).tz_convert("UTC")
 
 
 def open_normal_stretch(
@@ -107,9 +118,9 @@ def open_normal_stretch(
         ends += [pd.Timestamp(end, tz="UTC") for start, end in spans if start <= last.value < end]
     elif config.training.normal_first:
         ends.append(first + pd.Timedelta(config.training.normal_first))
-    if config.training.normal_until:
-        until = pd.Timestamp(config.training.normal_until)
-        ends.append(until.tz_localize(config.ingest.source_timezone) if until.tzinfo is None else until.tz_convert("UTC"))
+    until = normal_until_utc(config)
+    if until is not None:
+        ends.append(until)
     ahead = [end for end in ends if end > last]
     return max(ahead) if ahead else None
 

@@ -70,7 +70,7 @@ def write_bundle_files(files: BundleFiles, folder: Path) -> Path:
     return folder
 
 
-def _packed(bundle) -> BundleFiles:
+def _packed(bundle: ModelBundle) -> BundleFiles:
     with tempfile.TemporaryDirectory(prefix="bundle-") as tmp:
         return bundle_files(bundle.save(Path(tmp) / BUNDLE_FOLDER))
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.config import SCORE_CHUNK_ROWS, to_yaml
+from pipeline.config import SCORE_CHUNK_ROWS, IngestConfig, to_yaml
 from pipeline.data.chunks import Chunk, NotChunkable, read_ahead, validated_chunks
 from pipeline.data.files import discover_files
-from pipeline.data.loading import load_input
+from pipeline.data.loading import read_validated
 from pipeline.data.quality import QualitySummary, quality_figures
 from pipeline.detector.bundle import ModelBundle
 from pipeline.detector.reviews import annotate
@@ -92,16 +92,18 @@ def _score_into(
     tracker.log_params({"model_version": version, "inputs": ", ".join(name for name, _ in files), **bundle.config.flat()})
     tracker.log_text(to_yaml(bundle.config), CONFIG_ARTIFACT)
     out_dir.mkdir(parents=True, exist_ok=True)
-    ingest = scoring_ingest(bundle)
+    ingest, order = scoring_ingest(bundle), [name for name, _ in files]
     try:
-        if not chunk_rows:
-            raise NotChunkable("reading all at once (chunk_rows 0)")
-        validated = validated_chunks(files, ingest, bundle.sensors, bundle.timestamp_column, chunk_rows, **bundle.input_hints())
-        chunks = read_ahead(validated)  # the next chunk is read while this one is scored and written
-        totals = _write_scores(bundle, chunks, [name for name, _ in files], out_dir, output_format)
+        if chunk_rows:
+            hints = bundle.input_hints()
+            validated = validated_chunks(files, ingest, bundle.sensors, bundle.timestamp_column, chunk_rows, **hints)
+            chunks = read_ahead(validated)  # the next chunk is read while this one is scored and written
+        else:
+            chunks = _all_at_once(files, ingest, bundle)
+        totals = _write_scores(bundle, ingest, chunks, order, out_dir, output_format)
     except NotChunkable as why:
         log.info("scoring all rows in one piece: %s", why)
-        totals = _write_scores(bundle, _all_at_once(files, bundle), [name for name, _ in files], out_dir, output_format)
+        totals = _write_scores(bundle, ingest, _all_at_once(files, ingest, bundle), order, out_dir, output_format)
     quality = totals.quality.report()
     counts = quality["rows"]
     log.info(
@@ -182,18 +184,19 @@ def _score_into(
     return outcome
 
 
-def _all_at_once(files: list[tuple[str, Path]], bundle: ModelBundle) -> Iterator[Chunk]:
-    loaded = load_input(
-        files, scoring_ingest(bundle), sensors=bundle.sensors, timestamp_column=bundle.timestamp_column, **bundle.input_hints()
-    )
-    yield Chunk(loaded.result, loaded.digests)
+def _all_at_once(files: list[tuple[str, Path]], ingest: IngestConfig, bundle: ModelBundle) -> Iterator[Chunk]:
+    yield Chunk(*read_validated(files, ingest, bundle.sensors, bundle.timestamp_column, **bundle.input_hints()))
 
 
 def _write_scores(
-    bundle: ModelBundle, chunks: Iterator[Chunk], source_order: list[str], out_dir: Path, output_format: str
+    bundle: ModelBundle,
+    ingest: IngestConfig,
+    chunks: Iterator[Chunk],
+    source_order: list[str],
+    out_dir: Path,
+    output_format: str,
 ) -> StreamTotals:
     """Score the chunks into ``scores.csv`` (or ``.parquet``) and ``validated.parquet``, as they come."""
-    ingest = scoring_ingest(bundle)
     quality = QualitySummary(ingest.flatline_rows, ingest.max_set_aside_share)
     with atomic.atomic_file(out_dir / VALIDATED_FILE) as validated:
         stream = ScoreStream(bundle, chunks, source_order, quality, validated)

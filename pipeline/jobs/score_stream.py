@@ -138,10 +138,11 @@ class ScoreStream:
         for stats in step.events:
             totals.events[stats.event_id] = stats
         pending = step.carry.pending
+        held_ns, held_score = pending["timestamp_ns"].to_numpy(np.int64), pending["score"].to_numpy(np.float32)
         held_contributions = pending[[f"contrib_{s}" for s in self.bundle.sensors]].to_numpy(np.float32)
         for rows in self._recent:  # scores of held-back rows are known already, their events not yet
             rows.fill(step.timestamp_ns, step.score, step.contributions, step.event)
-            rows.fill(pending["timestamp_ns"].to_numpy(np.int64), pending["score"].to_numpy(np.float32), held_contributions, None)
+            rows.fill(held_ns, held_score, held_contributions, None)
         self._keep_plot_points(step)
         self._close_events(open_id=step.carry.open_event.event_id if step.carry.open_event else None)
 
@@ -149,14 +150,11 @@ class ScoreStream:
         aside = rejected if rejected is not None else pd.DataFrame(columns=["source", "row", "timestamp", "status"])
         scores = RowScores(score=step.score, contributions=step.contributions, segment=step.segment)
         self._waiting.append((IngestResult(table, aside, sensors, timestamp_column), scores, step.event))
-        pending = step.carry.pending if rejected is not None else None
-        frontier = None
-        if pending is not None and len(pending):
-            frontier = min(self._key(str(s), int(r)) for s, r in zip(pending["source"], pending["row"]))
+        frontier = None  # the last step (rejected None) writes everything left
+        if rejected is not None and len(pending):
+            rank = len(self.rank)
+            frontier = min((self.rank.get(str(s), rank), int(r)) for s, r in zip(pending["source"], pending["row"]))
         yield from self._written_before(frontier, sensors, timestamp_column)
-
-    def _key(self, source: str, row: int) -> tuple[int, int]:
-        return self.rank.get(source, len(self.rank)), row
 
     def _written_before(self, frontier: tuple[int, int] | None, sensors: list[str], timestamp_column: str) -> Iterator:
         """The waiting rows before ``frontier`` (all when None) as record batches, in input order."""
